@@ -1,0 +1,111 @@
+"""Every SQL statement of the ``outbox`` package (the write path and operator queries)."""
+
+from __future__ import annotations
+
+from typing import LiteralString
+
+NOTIFY_CHANNEL = "outbox_events"
+
+_COLUMNS = (
+    "event_id, tenant_id, event_type, schema_ref, payload, occurred_at, aggregate, "
+    "execution_id, event_name, from_state, to_state, correlation_key"
+)
+
+# The write path. One statement, one round trip: the INSERT runs as a data-modifying CTE, and the
+# same statement sends a NOTIFY only when the relay has said it is idle and listening
+# (outbox_relay.notify_until in the future). NOTIFY takes a database-wide lock at commit that
+# serialises every notifying transaction (measured here: 9.5k -> 3.5k tx/s at 16 writers), so under
+# load, when the relay is busy polling anyway, writers never pay it. ON CONFLICT keeps the caller's
+# transaction usable when an event id repeats (we raise DuplicateEvent instead of aborting it).
+RECORD_ONE: LiteralString = (
+    "WITH ins AS (INSERT INTO outbox_events (" + _COLUMNS + ") "
+    "VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING 1) "
+    "SELECT (SELECT count(*) FROM ins), "
+    "(SELECT pg_notify('" + NOTIFY_CHANNEL + "', '') FROM outbox_relay "
+    "WHERE notify_until > clock_timestamp() LIMIT 1)"
+)
+
+RECORD_MANY: LiteralString = (
+    "WITH ins AS (INSERT INTO outbox_events (" + _COLUMNS + ") "
+    "SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::jsonb[], "
+    "%s::timestamptz[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[]) "
+    "ON CONFLICT (event_id) DO NOTHING RETURNING event_id) "
+    "SELECT array(SELECT event_id FROM ins), "
+    "(SELECT pg_notify('" + NOTIFY_CHANNEL + "', '') FROM outbox_relay "
+    "WHERE notify_until > clock_timestamp() LIMIT 1)"
+)
+
+UNDO_MANY: LiteralString = "DELETE FROM outbox_events WHERE event_id = ANY(%s::uuid[])"
+
+# ---- operator queries (status, dead letters, replay) ----
+
+STATUS: LiteralString = """
+SELECT
+  (SELECT count(*) FROM outbox_events WHERE status = 'pending') AS pending,
+  (SELECT extract(epoch FROM clock_timestamp() - min(recorded_at))
+     FROM outbox_events WHERE status = 'pending') AS oldest_pending_age,
+  (SELECT count(*) FROM outbox_events WHERE status = 'dead') AS dead,
+  (SELECT count(*) FROM outbox_events WHERE status = 'failed') AS failed,
+  (SELECT count(*) FROM outbox_events
+     WHERE status = 'published' AND published_at > clock_timestamp() - interval '1 minute')
+     AS published_last_minute,
+  (SELECT count(*) FROM outbox_events WHERE status = 'published') AS published_retained,
+  r.leader, r.epoch, r.last_seq, r.lease_until > clock_timestamp() AS leader_alive,
+  r.notify_until > clock_timestamp() AS relay_idle
+FROM outbox_relay r WHERE r.name = 'default'
+"""
+
+STATUS_BY_TENANT: LiteralString = """
+SELECT tenant_id,
+  count(*) FILTER (WHERE status = 'pending') AS pending,
+  extract(epoch FROM clock_timestamp() - min(recorded_at) FILTER (WHERE status = 'pending'))
+    AS oldest_pending_age,
+  count(*) FILTER (WHERE status = 'dead') AS dead,
+  count(*) FILTER (WHERE status = 'failed') AS failed,
+  count(*) FILTER (WHERE status = 'published'
+                   AND published_at > clock_timestamp() - interval '1 minute') AS published_last_minute
+FROM outbox_events
+WHERE status IN ('pending', 'dead', 'failed')
+   OR (status = 'published' AND published_at > clock_timestamp() - interval '1 minute')
+GROUP BY tenant_id ORDER BY tenant_id
+"""
+
+# Filters shared by dead-letters and replay; every parameter is optional (NULL = no filter).
+_FAILED_FILTER: LiteralString = """
+  status = ANY(%(statuses)s::text[])
+  AND (%(ids)s::uuid[] IS NULL OR event_id = ANY(%(ids)s::uuid[]))
+  AND (%(event_type)s::text IS NULL OR event_type = %(event_type)s)
+  AND (%(tenant)s::text IS NULL OR tenant_id = %(tenant)s)
+  AND (%(since)s::timestamptz IS NULL OR occurred_at >= %(since)s)
+  AND (%(until)s::timestamptz IS NULL OR occurred_at < %(until)s)
+"""
+
+LIST_FAILED: LiteralString = (
+    "SELECT id, event_id, tenant_id, event_type, schema_ref, status, attempts, last_error, "
+    "occurred_at, recorded_at FROM outbox_events WHERE " + _FAILED_FILTER + " ORDER BY id LIMIT %(limit)s"
+)
+
+SELECT_FOR_REPLAY: LiteralString = (
+    "SELECT id, event_id, tenant_id, event_type, schema_ref, status, payload::text FROM outbox_events "
+    "WHERE id > %(after)s AND " + _FAILED_FILTER + " ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
+)
+
+COUNT_FOR_REPLAY: LiteralString = "SELECT count(*) FROM outbox_events WHERE " + _FAILED_FILTER
+
+# Replay puts a row back in the queue; it gets a fresh position (publish_seq) at the next claim.
+# Only dead/failed rows qualify, so a published event can never be queued twice.
+REQUEUE: LiteralString = """
+UPDATE outbox_events SET status = 'pending', publish_seq = NULL, attempts = 0, next_attempt_at = NULL,
+       last_error = 'replayed at ' || clock_timestamp()::text || ' after: ' || coalesce(last_error, '')
+WHERE id = ANY(%s::bigint[]) AND status IN ('dead', 'failed')
+"""
+
+# A row that fails re-validation during replay stays dead with the new reason.
+REDEAD: LiteralString = """
+UPDATE outbox_events SET status = 'dead', last_error = u.reason
+FROM unnest(%s::bigint[], %s::text[]) AS u(id, reason)
+WHERE outbox_events.id = u.id AND outbox_events.status IN ('dead', 'failed')
+"""
+
+WAKE_RELAY: LiteralString = "SELECT pg_notify('" + NOTIFY_CHANNEL + "', 'replay')"

@@ -1,0 +1,67 @@
+"""Field types and the base model shared by every payload contract.
+
+Payloads travel as JSON and are stored, relayed and consumed as JSON, so the contract types keep
+JSON-native values (uuids and timestamps stay strings) and only *check* them. Validation is strict
+(no "1" -> 1 coercion); undeclared keys are allowed and kept, because the platform's consumers
+tolerate and keep them (see docs in README, "Undeclared keys").
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, WithJsonSchema
+
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_DECIMAL_RE = re.compile(r"^-?\d+(\.\d+)?$")
+
+
+def _check_uuid(value: str) -> str:
+    if not _UUID_RE.match(value):
+        raise ValueError("must be a UUID (8-4-4-4-12 hex digits)")
+    return value
+
+
+def _check_utc(value: str) -> str:
+    if not value.endswith("Z"):
+        raise ValueError("must be an ISO-8601 UTC timestamp ending in 'Z'")
+    try:
+        datetime.fromisoformat(value[:-1] + "+00:00")
+    except ValueError:
+        raise ValueError("must be an ISO-8601 UTC timestamp ending in 'Z'") from None
+    return value
+
+
+def _check_email(value: str) -> str:
+    if not _EMAIL_RE.match(value):
+        raise ValueError("must be an e-mail address")
+    return value
+
+
+Uuid = Annotated[str, AfterValidator(_check_uuid), WithJsonSchema({"type": "string", "format": "uuid"})]
+UtcDateTime = Annotated[
+    str,
+    AfterValidator(_check_utc),
+    WithJsonSchema({"type": "string", "format": "date-time", "pattern": "Z$"}),
+]
+Email = Annotated[str, AfterValidator(_check_email), WithJsonSchema({"type": "string", "format": "email"})]
+NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
+DecimalStr = Annotated[str, StringConstraints(pattern=_DECIMAL_RE.pattern)]
+
+
+class Payload(BaseModel):
+    """Base of every payload contract: strict types, camelCase keys as declared, extra keys kept."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True, validate_default=False)
+
+
+class Shape(BaseModel):
+    """Base of nested object shapes inside payloads (same rules as ``Payload``)."""
+
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True, validate_default=False)
+
+
+JsonObject = dict[str, Any]

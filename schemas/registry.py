@@ -1,0 +1,183 @@
+"""The schema registry: payload refs to pydantic models, event types to what validates them on the bus."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from outbox.errors import FieldError, PayloadValidationError, UnknownEventType, UnknownSchemaRef
+
+REF_RE = re.compile(r"^(payload|legacy)\.([A-Z][A-Za-z0-9]*)\.v([1-9][0-9]*)$")
+
+
+def pascal_case(event_type: str) -> str:
+    """``TICKET_STATUS_CHANGED`` -> ``TicketStatusChanged``."""
+    return "".join(part.capitalize() for part in event_type.lower().split("_"))
+
+
+def payload_ref(event_type: str, version: int = 1) -> str:
+    """The registry ref of an event type's payload contract, e.g. ``payload.TicketCreated.v1``."""
+    return f"payload.{pascal_case(event_type)}.v{version}"
+
+
+@dataclass(frozen=True)
+class EventType:
+    """One event type on the bus: its contract ref, and what validates payloads published under it."""
+
+    event_type: str
+    ref: str
+    model: type[BaseModel]
+    name: str
+    category: str | None
+    module: str
+    description: str
+    kind: str  # domain-v2 | catalog-existing | legacy-bus
+    in_system_catalog: bool = True
+    catalog_only: bool = False
+    catalog_only_reason: str | None = None
+    legacy_model: type[BaseModel] | None = None  # older payload shape also accepted on the bus
+    legacy_of: tuple[str, ...] = ()
+    legacy_overlaps: tuple[str, ...] = ()
+    superseded_by: tuple[str, ...] = ()
+    _adapter: TypeAdapter[Any] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        target: Any = self.model if self.legacy_model is None else (self.model | self.legacy_model)
+        object.__setattr__(self, "_adapter", TypeAdapter(target))
+
+    @property
+    def bus_adapter(self) -> TypeAdapter[Any]:
+        """Validator of bus payloads: the contract, or the union with the legacy shape."""
+        return self._adapter
+
+
+def _field_errors(exc: ValidationError) -> list[FieldError]:
+    out: list[FieldError] = []
+    seen: set[tuple[str, str]] = set()
+    for err in exc.errors(include_url=False):
+        loc = [str(p) for p in err["loc"]]
+        # Union validation prefixes the branch name (model class); drop it so the path is the payload's.
+        if loc and loc[0][:1].isupper() and not loc[0].startswith("function"):
+            loc = loc[1:]
+        path = ".".join(loc)
+        reason = err["msg"]
+        if err["type"] == "missing":
+            reason = "required field is missing"
+        elif err["type"] == "extra_forbidden":
+            reason = "field is not allowed"
+        if (path, reason) not in seen:
+            seen.add((path, reason))
+            out.append(FieldError(path, reason.removeprefix("Value error, ")))
+    return out or [FieldError("", str(exc))]
+
+
+class Registry:
+    """Maps refs to models and event types to ``EventType`` entries. Read-mostly; built at import."""
+
+    def __init__(self) -> None:
+        self._by_ref: dict[str, type[BaseModel]] = {}
+        self._ref_owner: dict[str, str] = {}
+        self._by_type: dict[str, EventType] = {}
+
+    def add(self, entry: EventType) -> EventType:
+        """Register an event type (and its ref). Refs and event types are unique."""
+        if not REF_RE.match(entry.ref):
+            raise ValueError(f"malformed schema ref {entry.ref!r}")
+        if entry.event_type in self._by_type:
+            raise ValueError(f"event type {entry.event_type} registered twice")
+        owner = self._ref_owner.get(entry.ref)
+        if owner is not None and owner != entry.event_type:
+            raise ValueError(f"ref {entry.ref} already belongs to {owner}")
+        self._by_type[entry.event_type] = entry
+        self._by_ref[entry.ref] = entry.model
+        self._ref_owner[entry.ref] = entry.event_type
+        return entry
+
+    def add_version(self, event_type: str, ref: str, model: type[BaseModel]) -> None:
+        """Register a further version (``.v2``...) of an event type's contract."""
+        if event_type not in self._by_type:
+            raise UnknownEventType(event_type)
+        if not REF_RE.match(ref):
+            raise ValueError(f"malformed schema ref {ref!r}")
+        self._by_ref[ref] = model
+        self._ref_owner[ref] = event_type
+
+    def event_type(self, event_type: str) -> EventType:
+        """The entry of an event type; ``UnknownEventType`` if it is not on the bus list."""
+        try:
+            return self._by_type[event_type]
+        except KeyError:
+            raise UnknownEventType(event_type) from None
+
+    def has_event_type(self, event_type: str) -> bool:
+        """Whether the event type is on the bus list."""
+        return event_type in self._by_type
+
+    def model(self, ref: str) -> type[BaseModel]:
+        """The pydantic model of a ref; ``KeyError`` if unknown."""
+        return self._by_ref[ref]
+
+    def owner(self, ref: str) -> str | None:
+        """The event type a ref belongs to."""
+        return self._ref_owner.get(ref)
+
+    def refs(self) -> list[str]:
+        """Every registered ref, sorted."""
+        return sorted(self._by_ref)
+
+    def event_types(self) -> list[EventType]:
+        """Every event type, sorted by name."""
+        return [self._by_type[k] for k in sorted(self._by_type)]
+
+    def __iter__(self) -> Iterator[EventType]:
+        return iter(self.event_types())
+
+    def __len__(self) -> int:
+        return len(self._by_type)
+
+    def json_schema(self, ref: str) -> dict[str, Any]:
+        """JSON Schema (draft 2020-12) of a ref."""
+        schema = self._by_ref[ref].model_json_schema(mode="validation")
+        schema["$id"] = ref
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        return schema
+
+    def _resolve(
+        self, event_type: str, ref: str | None
+    ) -> tuple[EventType, TypeAdapter[Any] | type[BaseModel]]:
+        entry = self.event_type(event_type)
+        if ref is None or ref == entry.ref:
+            return entry, entry.bus_adapter
+        if self._ref_owner.get(ref) != event_type:
+            raise UnknownSchemaRef(event_type, ref)
+        return entry, self._by_ref[ref]
+
+    def validate(self, event_type: str, payload: dict[str, Any], ref: str | None = None) -> Any:
+        """Validated payload (model instance) for the event type's bus schema, or ``PayloadValidationError``."""
+        entry, validator = self._resolve(event_type, ref)
+        try:
+            if isinstance(validator, TypeAdapter):
+                return validator.validate_python(payload, strict=None)
+            return validator.model_validate(payload)
+        except ValidationError as exc:
+            raise PayloadValidationError(event_type, ref or entry.ref, _field_errors(exc)) from None
+
+    def validate_json(self, event_type: str, payload_json: str | bytes, ref: str | None = None) -> Any:
+        """Like ``validate`` for a JSON document (the fast path used by ``record`` and the relay)."""
+        entry, validator = self._resolve(event_type, ref)
+        try:
+            if isinstance(validator, TypeAdapter):
+                return validator.validate_json(payload_json)
+            return validator.model_validate_json(payload_json)
+        except ValidationError as exc:
+            raise PayloadValidationError(event_type, ref or entry.ref, _field_errors(exc)) from None
+
+
+def register_all(registry: Registry, entries: Iterable[EventType]) -> None:
+    """Add many entries."""
+    for e in entries:
+        registry.add(e)

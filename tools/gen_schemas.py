@@ -1,0 +1,188 @@
+"""Generate the payload contract modules in ``schemas/`` from the catalog facts.
+
+Usage: python tools/gen_schemas.py [path/to/events.json]
+
+The facts file (``../shared/catalog/events.json``) describes each event type's payload fields in a
+small type language; this script turns each into a pydantic model class, one module per domain,
+plus ``schemas/legacy.py`` for the older bus-only types. Descriptions come from
+``tools/event_descriptions.json`` (our own wording). Re-running is deterministic; a test checks the
+committed modules still match the facts.
+"""
+
+from __future__ import annotations
+
+import json
+import keyword
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+FACTS = ROOT.parent / "shared" / "catalog" / "events.json"
+RESERVED = {"schema", "json", "copy", "dict", "fields", "construct", "validate", "model_config", "register"}
+
+
+def pascal(s: str) -> str:
+    return "".join(p[:1].upper() + p[1:] for p in s.replace("-", "_").split("_") if p)
+
+
+class ModuleWriter:
+    def __init__(self) -> None:
+        self.classes: list[str] = []
+        self.uses: set[str] = set()
+
+    def type_of(self, spec: dict[str, Any], owner: str, fname: str, *, legacy: bool, top: bool) -> str:
+        t = spec["type"]
+        if t == "string":
+            if spec.get("enum"):
+                self.uses.add("Literal")
+                out = "Literal[" + ", ".join(json.dumps(v) for v in spec["enum"]) + "]"
+            elif spec.get("format") == "email":
+                self.uses.add("Email")
+                out = "Email"
+            elif top and fname == "tenantId" and not legacy:
+                self.uses.add("NonEmptyStr")
+                out = "NonEmptyStr"
+            else:
+                out = "str"
+        elif t == "uuid":
+            self.uses.add("Uuid")
+            out = "Uuid"
+        elif t == "datetime":
+            self.uses.add("UtcDateTime")
+            out = "UtcDateTime"
+        elif t == "number":
+            out = "int" if spec.get("integer") else "float"
+        elif t == "boolean":
+            out = "bool"
+        elif t == "any":
+            self.uses.add("Any")
+            out = "Any"
+        elif t == "array":
+            inner = self.type_of(spec["items"], owner, fname + "Item", legacy=legacy, top=False)
+            out = f"list[{inner}]"
+        elif t == "object":
+            if "properties" in spec:
+                cls = owner + pascal(fname)
+                self.write_model(cls, spec["properties"], base="Shape", doc=None, legacy=legacy, top=False)
+                out = cls
+            elif "values" in spec:
+                inner = self.type_of(spec["values"], owner, fname + "Value", legacy=legacy, top=False)
+                out = f"dict[str, {inner}]"
+            else:
+                self.uses.add("Any")
+                out = "dict[str, Any]"
+        else:
+            raise ValueError(f"unknown field type {t!r} in {owner}.{fname}")
+        if spec.get("nullable"):
+            out = f"{out} | None"
+        return out
+
+    def write_model(
+        self, cls: str, fields: dict[str, Any], *, base: str, doc: str | None, legacy: bool, top: bool
+    ) -> None:
+        lines: list[str] = []
+        for fname, spec in fields.items():
+            ann = self.type_of(spec, cls, fname, legacy=legacy, top=top)
+            attr = fname
+            extra: list[str] = []
+            if not fname.isidentifier() or keyword.iskeyword(fname) or fname in RESERVED:
+                attr = fname + "_"
+                extra.append(f"alias={fname!r}")
+            if spec.get("type") == "array" and spec.get("minItems"):
+                extra.append(f"min_length={spec['minItems']}")
+            if spec.get("required"):
+                rhs = f" = Field({', '.join(extra)})" if extra else ""
+            else:
+                rhs = " = Field(" + ", ".join(["default=None", *extra]) + ")"
+            lines.append(f"    {attr}: {ann}{rhs}")
+        body = [f"class {cls}({base}):"]
+        if doc:
+            body.append(f'    """{doc}"""')
+            body.append("")
+        body.extend(lines or ["    pass"])
+        self.classes.append("\n".join(body))
+
+
+def render(module: str, events: list[dict[str, Any]], descriptions: dict[str, str]) -> str:
+    w = ModuleWriter()
+    entries: list[str] = []
+    for e in events:
+        et = e["event_type"]
+        legacy_only = e["kind"] == "legacy-bus"
+        ref = e["payload_schema_ref"] or f"legacy.{pascal(et.lower())}.v1"
+        cls = pascal(et.lower()) + ("Legacy" if legacy_only else "V1")
+        desc = descriptions.get(et, e["summary"])
+        w.write_model(cls, e["payload_fields"], base="Payload", doc=f"{ref}: {e['name']}.", legacy=legacy_only, top=True)
+        legacy_cls = None
+        if e.get("legacy_payload_fields"):
+            legacy_cls = pascal(et.lower()) + "Legacy"
+            w.write_model(
+                legacy_cls, e["legacy_payload_fields"], base="Payload",
+                doc=f"Older payload shape of {et}, still accepted on the bus.", legacy=True, top=True,
+            )
+        args = [
+            f"event_type={et!r}",
+            f"ref={ref!r}",
+            f"model={cls}",
+            f"name={e['name']!r}",
+            f"category={e['category']!r}",
+            f"module={e['module']!r}",
+            f"description={desc!r}",
+            f"kind={e['kind']!r}",
+            f"in_system_catalog={e['in_system_catalog']!r}",
+        ]
+        if e.get("catalog_only"):
+            args += ["catalog_only=True", f"catalog_only_reason={e.get('catalog_only_reason')!r}"]
+        if legacy_cls:
+            args.append(f"legacy_model={legacy_cls}")
+        for key in ("legacy_of", "legacy_overlaps", "superseded_by"):
+            val = e.get(key)
+            if val:
+                vals = tuple(val) if isinstance(val, list) else (val,)
+                args.append(f"{key}={vals!r}")
+        entries.append("    EventType(\n" + "".join(f"        {a},\n" for a in args) + "    ),")
+    base_names = sorted({"Payload", "Shape"} & {c.split("(")[1].split(")")[0] for c in w.classes})
+    names = sorted(w.uses & {"Email", "NonEmptyStr", "Uuid", "UtcDateTime"}) + base_names
+    typing_names = sorted(w.uses & {"Any", "Literal"})
+    head = [
+        f'"""Payload contracts: {module}. Generated by tools/gen_schemas.py from the catalog facts."""',
+        "",
+        "from __future__ import annotations",
+        "",
+    ]
+    if typing_names:
+        head.append(f"from typing import {', '.join(typing_names)}")
+        head.append("")
+    head.append("from pydantic import Field")
+    head.append("")
+    head.append(f"from schemas.base import {', '.join(names)}")
+    head.append("from schemas.registry import EventType")
+    head.append("")
+    text = "\n".join(head) + "\n\n" + "\n\n\n".join(w.classes) + "\n\n\nEVENTS: list[EventType] = [\n"
+    text += "\n".join(entries) + "\n]\n"
+    return text
+
+
+def main(argv: list[str]) -> int:
+    facts = Path(argv[1]) if len(argv) > 1 else FACTS
+    events = json.loads(facts.read_text())["events"]
+    desc_path = ROOT / "tools" / "event_descriptions.json"
+    descriptions = json.loads(desc_path.read_text()) if desc_path.exists() else {}
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        mod = "legacy" if e["kind"] == "legacy-bus" else e["module"]
+        groups.setdefault(mod, []).append(e)
+    for mod, evs in sorted(groups.items()):
+        (ROOT / "schemas" / f"{mod}.py").write_text(render(mod, evs, descriptions))
+    mods = sorted(groups)
+    (ROOT / "schemas" / "_modules.py").write_text(
+        '"""Domain modules holding payload contracts (generated list)."""\n\nMODULES = '
+        + repr(tuple(mods)) + "\n"
+    )
+    print(f"wrote {len(mods)} modules, {len(events)} event types")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))
