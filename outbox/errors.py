@@ -52,9 +52,7 @@ class UnknownSchemaRef(RecordError):
 
     def __init__(self, event_type: str, ref: str) -> None:
         self.ref = ref
-        super().__init__(
-            event_type, "schema_ref", f"schema ref {ref!r} is not registered for this event type"
-        )
+        super().__init__(event_type, "schema_ref", f"schema ref {ref!r} is not registered for this event type")
 
 
 class PayloadValidationError(RecordError):

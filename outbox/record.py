@@ -196,9 +196,7 @@ def prepare(
     elif isinstance(payload, Mapping):
         data = dict(payload)
     else:
-        raise InvalidArgument(
-            event_type, "payload", f"must be a mapping or payload model, got {type(payload)}"
-        )
+        raise InvalidArgument(event_type, "payload", f"must be a mapping or payload model, got {type(payload)}")
 
     tenant = _text(event_type, "tenant_id", tenant_id)
     have_tenant = data.get("tenantId")
@@ -212,15 +210,10 @@ def prepare(
     if occurred_at is not None:
         off = occurred_at.utcoffset()
         if off is None or off != timedelta(0):
-            raise NonUtcTimestamp(
-                event_type, entry.ref, [FieldError("occurred_at", "must be timezone-aware UTC")]
-            )
-    if "occurredAt" in declared or "occurredAt" in data:
-        if data.get("occurredAt") is None:
-            data["occurredAt"] = utc_iso(occurred_at or datetime.now(UTC))
-        elif occurred_at is not None and isinstance(data["occurredAt"], str):
-            if data["occurredAt"] != utc_iso(occurred_at) and data["occurredAt"] != occurred_at.isoformat():
-                pass  # the payload's own value wins; occurred_at only fills a missing one
+            raise NonUtcTimestamp(event_type, entry.ref, [FieldError("occurred_at", "must be timezone-aware UTC")])
+    # occurred_at only fills a missing occurredAt; the payload's own value wins
+    if ("occurredAt" in declared or "occurredAt" in data) and data.get("occurredAt") is None:
+        data["occurredAt"] = utc_iso(occurred_at or datetime.now(UTC))
     _fill_actor(event_type, data, actor)
 
     try:

@@ -24,15 +24,11 @@ class Settings(BaseSettings):
     stream: str = Field(default="workflow:events:global", min_length=1, description="Redis stream key")
     max_payload_bytes: int = Field(default=256 * 1024, gt=0, description="Largest accepted payload (bytes)")
     batch_size: int = Field(default=1000, gt=0, le=10_000, description="Rows claimed per relay batch")
-    wake: Literal["notify", "poll"] = Field(
-        default="notify", description="notify: LISTEN when idle; poll: never"
-    )
+    wake: Literal["notify", "poll"] = Field(default="notify", description="notify: LISTEN when idle; poll: never")
     poll_interval: float = Field(default=0.005, ge=0, description="Seconds between polls while traffic flows")
     idle_poll_interval: float = Field(default=0.5, gt=0, description="Fallback poll period while idle (s)")
     idle_after: float = Field(default=0.25, ge=0, description="Quiet time before the relay goes idle (s)")
-    lease_ttl: float = Field(
-        default=5.0, gt=0, description="Leader lease; a dead leader is replaced after it"
-    )
+    lease_ttl: float = Field(default=5.0, gt=0, description="Leader lease; a dead leader is replaced after it")
     max_attempts: int = Field(default=10, gt=0, description="Publish attempts before a row is marked failed")
     backoff_base: float = Field(default=0.2, gt=0, description="First retry delay (s), doubled per attempt")
     backoff_max: float = Field(default=30.0, gt=0, description="Largest retry delay (s)")
@@ -41,12 +37,8 @@ class Settings(BaseSettings):
     retention_published: float = Field(default=86_400.0, ge=0, description="Keep published rows (s)")
     retention_dead: float = Field(default=30 * 86_400.0, ge=0, description="Keep dead/failed rows (s)")
     prune_interval: float = Field(default=60.0, gt=0, description="Seconds between retention sweeps")
-    redis_wait_replicas: int = Field(
-        default=0, ge=0, description="WAIT for N replicas before marking published"
-    )
-    metrics_port: int | None = Field(
-        default=None, ge=0, le=65535, description="Prometheus port (off if unset)"
-    )
+    redis_wait_replicas: int = Field(default=0, ge=0, description="WAIT for N replicas before marking published")
+    metrics_port: int | None = Field(default=None, ge=0, le=65535, description="Prometheus port (off if unset)")
     log_level: str = Field(default="INFO", description="Python logging level")
 
     @field_validator("database_url")
@@ -76,9 +68,7 @@ class Settings(BaseSettings):
 
     def require_database(self) -> str:
         """The database DSN, or ``ConfigurationError`` when neither the URL nor libpq variables are set."""
-        if self.database_url is None and not any(
-            os.environ.get(v) for v in ("PGHOST", "PGDATABASE", "PGSERVICE")
-        ):
+        if self.database_url is None and not any(os.environ.get(v) for v in ("PGHOST", "PGDATABASE", "PGSERVICE")):
             raise ConfigurationError(ENV_PREFIX + "DATABASE_URL", "not set (nor PGHOST/PGDATABASE/PGSERVICE)")
         return self.dsn()
 

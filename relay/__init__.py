@@ -1,0 +1,8 @@
+"""The relay daemon: publishes committed outbox rows to the Redis stream exactly once."""
+
+from __future__ import annotations
+
+from relay.loop import Relay, RelayStats
+from relay.publisher import Outgoing, Publisher, PublishResult, RedisStreamPublisher, fence_key
+
+__all__ = ["Outgoing", "PublishResult", "Publisher", "RedisStreamPublisher", "Relay", "RelayStats", "fence_key"]

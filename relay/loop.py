@@ -1,0 +1,462 @@
+"""The relay daemon: claim committed outbox rows, validate, publish through the fence, mark."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+import schemas
+from outbox import wire
+from outbox.errors import BrokerError, OutboxError, PayloadTooLarge, TenantMismatch
+from outbox.settings import Settings
+from outbox.sql import NOTIFY_CHANNEL
+from relay import metrics, sql
+from relay.publisher import Outgoing, Publisher, RedisStreamPublisher, fence_key
+from schemas.registry import Registry
+
+log = logging.getLogger("relay")
+
+
+@dataclass
+class RelayStats:
+    """What one ``Relay.run`` did."""
+
+    published: int = 0
+    fence_skipped: int = 0
+    dead: int = 0
+    failed: int = 0
+    batches: int = 0
+    broker_errors: int = 0
+    db_errors: int = 0
+    leader_epochs: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Row:
+    id: int
+    event_id: uuid.UUID
+    seq: int
+    tenant_id: str
+    event_type: str
+    schema_ref: str
+    payload: str
+    occurred_at: datetime
+    execution_id: str | None
+    event_name: str | None
+    from_state: str | None
+    to_state: str | None
+    correlation_key: str | None
+    attempts: int
+
+
+class _Stop(Exception):
+    """Internal: stop requested while a batch was in flight (its rows stay reserved)."""
+
+
+class _LostLease(Exception):
+    """Internal: another relay took over."""
+
+
+class Relay:
+    """One relay process. ``run()`` until ``stop()``; several processes elect one leader through a lease."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        publisher_factory: Callable[[str], Publisher] | None = None,
+        registry: Registry | None = None,
+        identity: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.dsn = settings.require_database()
+        if publisher_factory is None:
+            url = settings.require_redis()
+
+            def publisher_factory(instance_id: str) -> Publisher:
+                return RedisStreamPublisher.from_url(
+                    url,
+                    settings.stream,
+                    fence_key(settings.stream, instance_id),
+                    trim_maxlen=settings.trim_maxlen,
+                    trim_minid_age=settings.trim_minid_age,
+                    wait_replicas=settings.redis_wait_replicas,
+                )
+
+        self._publisher_factory = publisher_factory
+        self.registry = registry or schemas.registry
+        self.me = identity or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.stats = RelayStats()
+        self._stop = threading.Event()
+        self._db: psycopg.Connection[Any] | None = None
+        self._listen: psycopg.Connection[Any] | None = None
+        self._publisher: Publisher | None = None
+        self._instance_id: str | None = None
+        self.epoch: int | None = None
+        self._recover = True
+        self._idle = False
+        self._renewed_at = 0.0
+        self._pruned_at = 0.0
+        self._last_busy = time.monotonic()
+        self._db_down_since: float | None = None
+        self._broker_down_since: float | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand and return. Thread- and signal-safe."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether ``stop()`` was called."""
+        return self._stop.is_set()
+
+    def run(self, *, until_idle: bool = False) -> RelayStats:
+        """Relay until ``stop()`` (or, with ``until_idle``, until no claimable row is left). Returns counters."""
+        log.info("relay %s starting (stream=%s, wake=%s)", self.me, self.settings.stream, self.settings.wake)
+        try:
+            while not self._stop.is_set():
+                try:
+                    if not self._step(until_idle):
+                        break
+                except _Stop:
+                    break
+                except _LostLease:
+                    self._lose_lease("another relay holds the lease")
+                except psycopg.Error as exc:
+                    self._on_db_error(exc)
+        finally:
+            self._shutdown()
+        return self.stats
+
+    def _shutdown(self) -> None:
+        if self.epoch is not None and self._db is not None and not self._db.closed:
+            try:
+                self._db.rollback()
+                self._db.execute(sql.RELEASE, {"epoch": self.epoch})
+                self._db.commit()
+                log.info("relay %s released the lease (epoch %s)", self.me, self.epoch)
+            except psycopg.Error:
+                pass
+        self.epoch = None
+        metrics.LEADER.set(0)
+        for conn in (self._db, self._listen):
+            if conn is not None:
+                conn.close()
+        self._db = self._listen = None
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
+
+    # ---- one iteration -----------------------------------------------------------------------------
+
+    def _step(self, until_idle: bool) -> bool:
+        db = self._connect()
+        if self.epoch is None and not self._acquire(db):
+            if until_idle:
+                return False
+            self._stop.wait(self.settings.lease_ttl / 3)
+            return True
+        now = time.monotonic()
+        if now - self._renewed_at > self.settings.lease_ttl / 3:
+            self._renew(db, idle=self._idle)
+        if now - self._pruned_at > self.settings.prune_interval:
+            self._prune(db)
+        rows = self._claim(db)
+        if rows:
+            self._idle = False
+            self._process(db, rows)
+            self._last_busy = time.monotonic()
+            if len(rows) < self.settings.batch_size and self.settings.poll_interval:
+                self._stop.wait(self.settings.poll_interval)  # let a few more rows gather
+            return True
+        if until_idle:
+            return False
+        self._wait_for_work(db)
+        return True
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        if self._db is None or self._db.closed or self._db.broken:
+            self._db = psycopg.connect(self.dsn, connect_timeout=5, application_name="outbox-relay")
+            self._recover = True
+            if self._db_down_since is not None:
+                log.warning("database reachable again after %.1fs", time.monotonic() - self._db_down_since)
+                self._db_down_since = None
+        return self._db
+
+    def _on_db_error(self, exc: psycopg.Error) -> None:
+        self.stats.db_errors += 1
+        metrics.DB_ERRORS.inc()
+        if self._db_down_since is None:
+            self._db_down_since = time.monotonic()
+            log.error("database unavailable, retrying with backoff: %s", str(exc).strip().splitlines()[0])
+        for conn in (self._db, self._listen):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+        self._db = self._listen = None
+        self._idle = False
+        self._recover = True
+        self._backoff_sleep(self.stats.db_errors)
+
+    def _backoff_sleep(self, attempt: int) -> None:
+        cap = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** min(attempt, 20))
+        self._stop.wait(random.uniform(cap / 2, cap))  # jittered exponential backoff
+
+    # ---- leadership --------------------------------------------------------------------------------
+
+    def _acquire(self, db: psycopg.Connection[Any]) -> bool:
+        db.execute(sql.ENSURE_ROW)
+        row = db.execute(sql.ACQUIRE, {"me": self.me, "ttl": self.settings.lease_ttl}).fetchone()
+        db.commit()
+        if row is None:
+            return False
+        self.epoch, _last_seq, instance = int(row[0]), int(row[1]), str(row[2])
+        self._renewed_at = time.monotonic()
+        self.stats.leader_epochs.append(self.epoch)
+        metrics.LEADER.set(1)
+        log.info("relay %s is the leader (epoch %s)", self.me, self.epoch)
+        if self._publisher is None or self._instance_id != instance:
+            if self._publisher is not None:
+                self._publisher.close()
+            self._publisher = self._publisher_factory(instance)
+            self._instance_id = instance
+        hwm = self._with_broker(lambda p: p.high_water())
+        db.execute(sql.SYNC_SEQ, {"hwm": hwm, "epoch": self.epoch})
+        db.commit()
+        self._recover = True
+        self._idle = False
+        return True
+
+    def _renew(self, db: psycopg.Connection[Any], *, idle: bool) -> None:
+        notify_for = 3 * self.settings.idle_poll_interval + self.settings.lease_ttl
+        row = db.execute(
+            sql.RENEW, {"ttl": self.settings.lease_ttl, "idle": idle, "notify_for": notify_for, "epoch": self.epoch}
+        ).fetchone()
+        db.commit()
+        if row is None:
+            raise _LostLease()
+        self._renewed_at = time.monotonic()
+
+    def _lose_lease(self, why: str) -> None:
+        if self.epoch is not None:
+            log.warning("relay %s lost the lease (epoch %s): %s; standing by", self.me, self.epoch, why)
+        self.epoch = None
+        self._idle = False
+        metrics.LEADER.set(0)
+
+    # ---- claim / process / mark --------------------------------------------------------------------
+
+    def _claim(self, db: psycopg.Connection[Any]) -> list[_Row]:
+        limit = self.settings.batch_size
+        if self._recover:
+            rows = db.execute(sql.CLAIM_RESERVED, {"limit": limit}).fetchall()
+            db.commit()
+            if rows:
+                log.info("recovering %d reserved row(s) from an interrupted batch", len(rows))
+                return self._rows(rows)
+            self._recover = False
+        rows = db.execute(
+            sql.CLAIM_NEW, {"limit": limit, "epoch": self.epoch, "ttl": self.settings.lease_ttl}
+        ).fetchall()
+        db.commit()
+        if rows:
+            self._renewed_at = time.monotonic()
+        return self._rows(rows)
+
+    @staticmethod
+    def _rows(rows: list[tuple[Any, ...]]) -> list[_Row]:
+        out = [_Row(*r) for r in rows]
+        out.sort(key=lambda r: r.seq)  # RETURNING order is not guaranteed
+        return out
+
+    def _encode(self, r: _Row) -> list[str]:
+        model = self.registry.validate_json(r.event_type, r.payload, ref=r.schema_ref)
+        tenant = str(getattr(model, "tenantId", "") or "")
+        if tenant != r.tenant_id:
+            raise TenantMismatch(r.event_type, tenant, r.tenant_id)
+        size = len(r.payload.encode()) if len(r.payload) * 4 > self.settings.max_payload_bytes else 0
+        if size > self.settings.max_payload_bytes:
+            raise PayloadTooLarge(r.event_type, size, self.settings.max_payload_bytes)
+        return wire.encode(
+            event_id=str(r.event_id),
+            event_type=r.event_type,
+            tenant=tenant,
+            occurred_at=r.occurred_at,
+            payload_json=r.payload,
+            user_id=wire.user_id_of(model),
+            execution_id=r.execution_id,
+            event_name=r.event_name,
+            from_state=r.from_state,
+            to_state=r.to_state,
+            correlation_key=r.correlation_key,
+        )
+
+    def _process(self, db: psycopg.Connection[Any], rows: list[_Row]) -> None:
+        started = time.perf_counter()
+        self.stats.batches += 1
+        metrics.BATCHES.inc()
+        good: list[_Row] = []
+        out: list[Outgoing] = []
+        dead: list[tuple[_Row, str]] = []
+        failed: list[tuple[int, str]] = []
+        for r in rows:
+            if r.attempts > self.settings.max_attempts:
+                failed.append((r.id, f"claimed {r.attempts} times without being published (poison row?)"))
+                continue
+            try:
+                fields = self._encode(r)
+            except OutboxError as exc:
+                dead.append((r, f"{type(exc).__name__} [{r.schema_ref}] {exc}"))
+                continue
+            good.append(r)
+            out.append(Outgoing(r.seq, fields))
+        done: list[tuple[int, str | None]] = []
+        try:
+            self._publish(out, good, done)
+        finally:
+            # Mark what is known to be on the stream even when interrupted; the rest stays reserved.
+            # synchronous_commit=off is safe here (and only here): a lost mark leaves the rows reserved,
+            # and the fence drops them when they are sent again.
+            if done or dead or failed:
+                db.execute("SET LOCAL synchronous_commit = off")
+                if done:
+                    db.execute(sql.MARK_PUBLISHED, ([i for i, _ in done], [s for _, s in done]))
+                if dead:
+                    db.execute(sql.MARK_DEAD, ([r.id for r, _ in dead], [m for _, m in dead]))
+                if failed:
+                    db.execute(sql.MARK_FAILED, ([i for i, _ in failed], [m for _, m in failed]))
+                db.commit()
+        for r, why in dead:
+            metrics.DEAD.labels(r.event_type).inc()
+            log.warning("dead-lettered event %s (%s): %s", r.event_id, r.event_type, why)
+        self.stats.dead += len(dead)
+        self.stats.failed += len(failed)
+        metrics.FAILED.inc(len(failed))
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    def _publish(self, out: list[Outgoing], good: list[_Row], done: list[tuple[int, str | None]]) -> None:
+        """Send ``out`` until all of it is known to be on the stream; fills ``done`` as it goes."""
+        attempt = 0
+        while out:
+            assert self._publisher is not None
+            error: BrokerError | None
+            try:
+                result = self._publisher.publish(out)
+            except BrokerError as exc:
+                error = exc
+            else:
+                n = len(result.ids)
+                for r, sid in zip(good[:n], result.ids, strict=True):
+                    done.append((r.id, sid))
+                    if sid is None:
+                        self.stats.fence_skipped += 1
+                        metrics.DEDUPED.inc()
+                    else:
+                        self.stats.published += 1
+                        metrics.PUBLISHED.inc()
+                out, good = out[n:], good[n:]
+                error = result.error
+                if error is None:
+                    break
+            attempt += 1
+            self.stats.broker_errors += 1
+            metrics.BROKER_ERRORS.inc()
+            if self._broker_down_since is None:
+                self._broker_down_since = time.monotonic()
+                log.error("broker unavailable, %d event(s) held, retrying with backoff: %s", len(out), error)
+            if self._stop.is_set():
+                raise _Stop()
+            self._backoff_sleep(attempt)
+            if self._db is not None and time.monotonic() - self._renewed_at > self.settings.lease_ttl / 3:
+                self._renew(self._db, idle=False)  # keep the lease through a broker outage
+        if self._broker_down_since is not None:
+            log.warning("broker available again after %.1fs", time.monotonic() - self._broker_down_since)
+            self._broker_down_since = None
+
+    def _with_broker(self, fn: Callable[[Publisher], int]) -> int:
+        attempt = 0
+        while True:
+            assert self._publisher is not None
+            try:
+                value = fn(self._publisher)
+            except BrokerError as exc:
+                attempt += 1
+                self.stats.broker_errors += 1
+                if self._broker_down_since is None:
+                    self._broker_down_since = time.monotonic()
+                    log.error("broker unavailable, retrying with backoff: %s", exc)
+                if self._stop.is_set():
+                    raise _Stop() from None
+                self._backoff_sleep(attempt)
+                if self._db is not None and time.monotonic() - self._renewed_at > self.settings.lease_ttl / 3:
+                    self._renew(self._db, idle=False)
+                continue
+            if self._broker_down_since is not None:
+                log.warning("broker available again after %.1fs", time.monotonic() - self._broker_down_since)
+                self._broker_down_since = None
+            return value
+
+    # ---- waiting -----------------------------------------------------------------------------------
+
+    def _wait_for_work(self, db: psycopg.Connection[Any]) -> None:
+        quiet = time.monotonic() - self._last_busy
+        s = self.settings
+        if quiet < s.idle_after:
+            self._stop.wait(s.poll_interval)
+            return
+        if s.wake == "poll":
+            # Pure polling (PgBouncer transaction mode): back off gently up to idle_poll_interval.
+            self._stop.wait(min(s.idle_poll_interval, max(s.poll_interval, quiet / 10)))
+            return
+        if not self._idle:
+            # Going idle: LISTEN first, then tell writers to notify, then poll once more (the caller
+            # loops) so a row committed between our last poll and the flag is not left waiting.
+            self._ensure_listen()
+            self._renew(db, idle=True)
+            self._idle = True
+            return
+        assert self._listen is not None
+        woke = False
+        for _ in self._listen.notifies(timeout=s.idle_poll_interval, stop_after=1):
+            woke = True
+        if not woke and time.monotonic() - self._renewed_at > s.idle_poll_interval:
+            self._renew(db, idle=True)  # keep notify_until ahead of now while idle
+
+    def _ensure_listen(self) -> None:
+        if self._listen is None or self._listen.closed or self._listen.broken:
+            self._listen = psycopg.connect(
+                self.dsn, autocommit=True, connect_timeout=5, application_name="outbox-relay-listen"
+            )
+            self._listen.execute(f"LISTEN {NOTIFY_CHANNEL}")
+
+    # ---- retention ---------------------------------------------------------------------------------
+
+    def _prune(self, db: psycopg.Connection[Any]) -> None:
+        self._pruned_at = time.monotonic()
+        total = 0
+        for stmt, age in (
+            (sql.PRUNE_PUBLISHED, self.settings.retention_published),
+            (sql.PRUNE_DEAD, self.settings.retention_dead),
+        ):
+            for _ in range(20):  # bounded per sweep so publishing is never starved
+                n = db.execute(stmt, {"age": age, "limit": 5000}).rowcount
+                db.commit()
+                total += n
+                if n < 5000:
+                    break
+        if total:
+            log.info("retention: deleted %d old row(s)", total)
