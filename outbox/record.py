@@ -370,7 +370,7 @@ def record(
         row = target.exec_driver_sql(sql.RECORD_ONE, params).fetchone()
     if not row or row[0] != 1:
         raise DuplicateEvent(str(params[0]))
-    return params[0]  # type: ignore[no-any-return]
+    return params[0]
 
 
 def record_many(conn: Any, events: Sequence[Event]) -> list[uuid.UUID]:
@@ -434,7 +434,7 @@ async def arecord(
         row = (await target.exec_driver_sql(sql.RECORD_ONE, params)).fetchone()
     if not row or row[0] != 1:
         raise DuplicateEvent(str(params[0]))
-    return params[0]  # type: ignore[no-any-return]
+    return params[0]
 
 
 async def arecord_many(conn: Any, events: Sequence[Event]) -> list[uuid.UUID]:

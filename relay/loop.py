@@ -175,10 +175,12 @@ class Relay:
             self._renew(db, idle=self._idle)
         if now - self._pruned_at > self.settings.prune_interval:
             self._prune(db)
-        rows = self._claim(db)
+        rows, recovered = self._claim(db)
         if rows:
             self._idle = False
-            self._process(db, rows)
+            # Rows reserved by an earlier incarnation at or below the fence are already on the stream.
+            hwm = self._with_broker(lambda p: p.high_water()) if recovered else 0
+            self._process(db, rows, hwm)
             self._last_busy = time.monotonic()
             if len(rows) < self.settings.batch_size and self.settings.poll_interval:
                 self._stop.wait(self.settings.poll_interval)  # let a few more rows gather
@@ -260,14 +262,14 @@ class Relay:
 
     # ---- claim / process / mark --------------------------------------------------------------------
 
-    def _claim(self, db: psycopg.Connection[Any]) -> list[_Row]:
+    def _claim(self, db: psycopg.Connection[Any]) -> tuple[list[_Row], bool]:
         limit = self.settings.batch_size
         if self._recover:
             rows = db.execute(sql.CLAIM_RESERVED, {"limit": limit}).fetchall()
             db.commit()
             if rows:
                 log.info("recovering %d reserved row(s) from an interrupted batch", len(rows))
-                return self._rows(rows)
+                return self._rows(rows), True
             self._recover = False
         rows = db.execute(
             sql.CLAIM_NEW, {"limit": limit, "epoch": self.epoch, "ttl": self.settings.lease_ttl}
@@ -275,7 +277,7 @@ class Relay:
         db.commit()
         if rows:
             self._renewed_at = time.monotonic()
-        return self._rows(rows)
+        return self._rows(rows), False
 
     @staticmethod
     def _rows(rows: list[tuple[Any, ...]]) -> list[_Row]:
@@ -305,7 +307,7 @@ class Relay:
             correlation_key=r.correlation_key,
         )
 
-    def _process(self, db: psycopg.Connection[Any], rows: list[_Row]) -> None:
+    def _process(self, db: psycopg.Connection[Any], rows: list[_Row], hwm: int = 0) -> None:
         started = time.perf_counter()
         self.stats.batches += 1
         metrics.BATCHES.inc()
@@ -313,7 +315,12 @@ class Relay:
         out: list[Outgoing] = []
         dead: list[tuple[_Row, str]] = []
         failed: list[tuple[int, str]] = []
+        done: list[tuple[int, str | None]] = []
         for r in rows:
+            if r.seq <= hwm:
+                done.append((r.id, None))
+                self.stats.fence_skipped += 1
+                continue
             if r.attempts > self.settings.max_attempts:
                 failed.append((r.id, f"claimed {r.attempts} times without being published (poison row?)"))
                 continue
@@ -324,7 +331,6 @@ class Relay:
                 continue
             good.append(r)
             out.append(Outgoing(r.seq, fields))
-        done: list[tuple[int, str | None]] = []
         try:
             self._publish(out, good, done)
         finally:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
-
-from schemas.base import NonEmptyStr, Payload, Shape, UtcDateTime, Uuid
+from schemas.base import NonEmptyStr, Opt, Payload, Shape, UtcDateTime, Uuid
 from schemas.registry import EventType
 
 
@@ -15,20 +13,20 @@ class AssetCreatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     assetId: Uuid
-    clientId: Uuid = Field(default=None)
-    createdByUserId: Uuid = Field(default=None)
-    createdAt: UtcDateTime = Field(default=None)
-    assetType: str = Field(default=None)
-    serialNumber: str = Field(default=None)
+    clientId: Opt[Uuid] = None
+    createdByUserId: Opt[Uuid] = None
+    createdAt: Opt[UtcDateTime] = None
+    assetType: Opt[str] = None
+    serialNumber: Opt[str] = None
 
 
 class AssetUpdatedV1ChangesValue(Shape):
-    previous: Any = Field(default=None)
-    new: Any = Field(default=None)
+    previous: Opt[Any] = None
+    new: Opt[Any] = None
 
 
 class AssetUpdatedV1(Payload):
@@ -36,14 +34,14 @@ class AssetUpdatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     assetId: Uuid
-    updatedByUserId: Uuid = Field(default=None)
-    updatedAt: UtcDateTime = Field(default=None)
-    updatedFields: list[str] = Field(default=None)
-    changes: dict[str, AssetUpdatedV1ChangesValue] = Field(default=None)
+    updatedByUserId: Opt[Uuid] = None
+    updatedAt: Opt[UtcDateTime] = None
+    updatedFields: Opt[list[str]] = None
+    changes: Opt[dict[str, AssetUpdatedV1ChangesValue]] = None
 
 
 class AssetAssignedV1(Payload):
@@ -51,15 +49,15 @@ class AssetAssignedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     assetId: Uuid
-    previousOwnerType: str = Field(default=None)
-    previousOwnerId: str = Field(default=None)
+    previousOwnerType: Opt[str] = None
+    previousOwnerId: Opt[str] = None
     newOwnerType: str
     newOwnerId: str
-    assignedAt: UtcDateTime = Field(default=None)
+    assignedAt: Opt[UtcDateTime] = None
 
 
 class AssetUnassignedV1(Payload):
@@ -67,14 +65,14 @@ class AssetUnassignedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     assetId: Uuid
     previousOwnerType: str
     previousOwnerId: str
-    unassignedAt: UtcDateTime = Field(default=None)
-    reason: str = Field(default=None)
+    unassignedAt: Opt[UtcDateTime] = None
+    reason: Opt[str] = None
 
 
 class AssetWarrantyExpiringV1(Payload):
@@ -82,13 +80,13 @@ class AssetWarrantyExpiringV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     assetId: Uuid
     expiresAt: UtcDateTime
     daysUntilExpiry: int
-    clientId: Uuid = Field(default=None)
+    clientId: Opt[Uuid] = None
 
 
 EVENTS: list[EventType] = [
@@ -99,7 +97,7 @@ EVENTS: list[EventType] = [
         name="Asset Created",
         category="Assets",
         module="assets",
-        description="A new asset (device etc.) record was created.",
+        description="Emitted when a new asset record, such as a device, is added. Includes assetId, optional clientId, assetType and serialNumber.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -110,7 +108,7 @@ EVENTS: list[EventType] = [
         name="Asset Updated",
         category="Assets",
         module="assets",
-        description="Fields on an asset were edited.",
+        description="Emitted when details of an asset record are changed. Carries updatedFields and a changes object, so workflows can respond to particular attribute changes.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -121,7 +119,7 @@ EVENTS: list[EventType] = [
         name="Asset Assigned",
         category="Assets",
         module="assets",
-        description="An asset was linked to an owner (client, ticket, project, ...).",
+        description="Fires when an asset is linked to an owner such as a client, ticket or project. Provides previous and new owner type and id, making transfers between owners easy to track.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -132,7 +130,7 @@ EVENTS: list[EventType] = [
         name="Asset Unassigned",
         category="Assets",
         module="assets",
-        description="An asset was unlinked from its owner.",
+        description="Fires when an asset stops belonging to the client, ticket or project it was tied to. Carries previousOwnerType, previousOwnerId and an optional reason.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -143,7 +141,7 @@ EVENTS: list[EventType] = [
         name="Asset Warranty Expiring",
         category="Assets",
         module="assets",
-        description="An asset's warranty end date is approaching (30-day window).",
+        description="Raised when an asset's warranty end date falls within a 30-day window. Includes expiresAt, daysUntilExpiry and optional clientId, ideal for prompting renewal or replacement quotes.",
         kind="domain-v2",
         in_system_catalog=True,
     ),

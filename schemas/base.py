@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, WithJsonSchema
 
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _DECIMAL_RE = re.compile(r"^-?\d+(\.\d+)?$")
+
+
+def _not_null(value: Any) -> Any:
+    if value is None:
+        raise ValueError("must not be null (omit the key instead)")
+    return value
 
 
 def _check_uuid(value: str) -> str:
@@ -40,6 +46,13 @@ def _check_email(value: str) -> str:
         raise ValueError("must be an e-mail address")
     return value
 
+
+T = TypeVar("T")
+
+# An optional key that must not be null when present: absent -> None (defaults are not validated),
+# explicit null -> "must not be null". The JSON Schema shows the plain type (see registry).
+Opt = Annotated[T | None, AfterValidator(_not_null)]
+NOT_NULL = _not_null
 
 Uuid = Annotated[str, AfterValidator(_check_uuid), WithJsonSchema({"type": "string", "format": "uuid"})]
 UtcDateTime = Annotated[

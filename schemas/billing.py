@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from schemas.base import NonEmptyStr, Payload, Shape, UtcDateTime, Uuid
+from schemas.base import NonEmptyStr, Opt, Payload, Shape, UtcDateTime, Uuid
 from schemas.registry import EventType
 
 
@@ -15,13 +15,13 @@ class InvoiceSentV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     invoiceId: Uuid
-    clientId: Uuid = Field(default=None)
-    sentByUserId: Uuid = Field(default=None)
-    sentAt: UtcDateTime = Field(default=None)
+    clientId: Opt[Uuid] = None
+    sentByUserId: Opt[Uuid] = None
+    sentAt: Opt[UtcDateTime] = None
     deliveryMethod: Literal["email", "portal", "print"]
 
 
@@ -30,13 +30,13 @@ class InvoiceStatusChangedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     invoiceId: Uuid
     previousStatus: str
     newStatus: str
-    changedAt: UtcDateTime = Field(default=None)
+    changedAt: Opt[UtcDateTime] = None
 
 
 class InvoiceDueDateChangedV1(Payload):
@@ -44,13 +44,13 @@ class InvoiceDueDateChangedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     invoiceId: Uuid
     previousDueDate: str
     newDueDate: str
-    changedAt: UtcDateTime = Field(default=None)
+    changedAt: Opt[UtcDateTime] = None
 
 
 class InvoiceOverdueV1(Payload):
@@ -58,12 +58,12 @@ class InvoiceOverdueV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     invoiceId: Uuid
-    clientId: Uuid = Field(default=None)
-    overdueAt: UtcDateTime = Field(default=None)
+    clientId: Opt[Uuid] = None
+    overdueAt: Opt[UtcDateTime] = None
     dueDate: str
     amountDue: str
     currency: str
@@ -75,14 +75,14 @@ class InvoiceWrittenOffV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     invoiceId: Uuid
-    writtenOffAt: UtcDateTime = Field(default=None)
+    writtenOffAt: Opt[UtcDateTime] = None
     amountWrittenOff: str
     currency: str
-    reason: str = Field(default=None)
+    reason: Opt[str] = None
 
 
 class PaymentRecordedV1(Payload):
@@ -90,17 +90,17 @@ class PaymentRecordedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     paymentId: Uuid
-    clientId: Uuid = Field(default=None)
-    receivedAt: UtcDateTime = Field(default=None)
+    clientId: Opt[Uuid] = None
+    receivedAt: Opt[UtcDateTime] = None
     amount: str
     currency: str
     method: str
-    receivedByUserId: Uuid = Field(default=None)
-    gatewayTransactionId: str = Field(default=None)
+    receivedByUserId: Opt[Uuid] = None
+    gatewayTransactionId: Opt[str] = None
 
 
 class PaymentAppliedV1ApplicationsItem(Shape):
@@ -113,12 +113,12 @@ class PaymentAppliedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     paymentId: Uuid
-    appliedAt: UtcDateTime = Field(default=None)
-    appliedByUserId: Uuid = Field(default=None)
+    appliedAt: Opt[UtcDateTime] = None
+    appliedByUserId: Opt[Uuid] = None
     applications: list[PaymentAppliedV1ApplicationsItem] = Field(min_length=1)
 
 
@@ -127,19 +127,19 @@ class PaymentFailedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
-    paymentId: Uuid = Field(default=None)
-    invoiceId: Uuid = Field(default=None)
-    clientId: Uuid = Field(default=None)
-    failedAt: UtcDateTime = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
+    paymentId: Opt[Uuid] = None
+    invoiceId: Opt[Uuid] = None
+    clientId: Opt[Uuid] = None
+    failedAt: Opt[UtcDateTime] = None
     amount: str
     currency: str
     method: str
-    failureCode: str = Field(default=None)
-    failureMessage: str = Field(default=None)
-    retryable: bool = Field(default=None)
+    failureCode: Opt[str] = None
+    failureMessage: Opt[str] = None
+    retryable: Opt[bool] = None
 
 
 class PaymentRefundedV1(Payload):
@@ -147,15 +147,15 @@ class PaymentRefundedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     paymentId: Uuid
-    refundedAt: UtcDateTime = Field(default=None)
-    refundedByUserId: Uuid = Field(default=None)
+    refundedAt: Opt[UtcDateTime] = None
+    refundedByUserId: Opt[Uuid] = None
     amount: str
     currency: str
-    reason: str = Field(default=None)
+    reason: Opt[str] = None
 
 
 class CreditNoteCreatedV1(Payload):
@@ -163,13 +163,13 @@ class CreditNoteCreatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     creditNoteId: Uuid
-    clientId: Uuid = Field(default=None)
-    createdByUserId: Uuid = Field(default=None)
-    createdAt: UtcDateTime = Field(default=None)
+    clientId: Opt[Uuid] = None
+    createdByUserId: Opt[Uuid] = None
+    createdAt: Opt[UtcDateTime] = None
     amount: str
     currency: str
     status: str
@@ -180,13 +180,13 @@ class CreditNoteAppliedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     creditNoteId: Uuid
     invoiceId: Uuid
-    appliedByUserId: Uuid = Field(default=None)
-    appliedAt: UtcDateTime = Field(default=None)
+    appliedByUserId: Opt[Uuid] = None
+    appliedAt: Opt[UtcDateTime] = None
     amountApplied: str
     currency: str
 
@@ -196,13 +196,13 @@ class CreditNoteVoidedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     creditNoteId: Uuid
-    voidedByUserId: Uuid = Field(default=None)
-    voidedAt: UtcDateTime = Field(default=None)
-    reason: str = Field(default=None)
+    voidedByUserId: Opt[Uuid] = None
+    voidedAt: Opt[UtcDateTime] = None
+    reason: Opt[str] = None
 
 
 class ContractCreatedV1(Payload):
@@ -210,21 +210,21 @@ class ContractCreatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     contractId: Uuid
     clientId: Uuid
-    createdByUserId: Uuid = Field(default=None)
-    createdAt: UtcDateTime = Field(default=None)
-    startDate: str = Field(default=None)
-    endDate: str = Field(default=None)
-    status: str = Field(default=None)
+    createdByUserId: Opt[Uuid] = None
+    createdAt: Opt[UtcDateTime] = None
+    startDate: Opt[str] = None
+    endDate: Opt[str] = None
+    status: Opt[str] = None
 
 
 class ContractUpdatedV1ChangesValue(Shape):
-    previous: Any = Field(default=None)
-    new: Any = Field(default=None)
+    previous: Opt[Any] = None
+    new: Opt[Any] = None
 
 
 class ContractUpdatedV1(Payload):
@@ -232,14 +232,14 @@ class ContractUpdatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     contractId: Uuid
     clientId: Uuid
-    updatedAt: UtcDateTime = Field(default=None)
-    updatedFields: list[str] = Field(default=None)
-    changes: dict[str, ContractUpdatedV1ChangesValue] = Field(default=None)
+    updatedAt: Opt[UtcDateTime] = None
+    updatedFields: Opt[list[str]] = None
+    changes: Opt[dict[str, ContractUpdatedV1ChangesValue]] = None
 
 
 class ContractStatusChangedV1(Payload):
@@ -247,14 +247,14 @@ class ContractStatusChangedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     contractId: Uuid
     clientId: Uuid
     previousStatus: str
     newStatus: str
-    changedAt: UtcDateTime = Field(default=None)
+    changedAt: Opt[UtcDateTime] = None
 
 
 class ContractRenewalUpcomingV1(Payload):
@@ -262,9 +262,9 @@ class ContractRenewalUpcomingV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     contractId: Uuid
     clientId: Uuid
     renewalAt: str
@@ -276,13 +276,13 @@ class RecurringBillingRunStartedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     runId: Uuid
-    scheduleId: Uuid = Field(default=None)
-    startedAt: UtcDateTime = Field(default=None)
-    initiatedByUserId: Uuid = Field(default=None)
+    scheduleId: Opt[Uuid] = None
+    startedAt: Opt[UtcDateTime] = None
+    initiatedByUserId: Opt[Uuid] = None
 
 
 class RecurringBillingRunCompletedV1(Payload):
@@ -290,14 +290,14 @@ class RecurringBillingRunCompletedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     runId: Uuid
-    completedAt: UtcDateTime = Field(default=None)
+    completedAt: Opt[UtcDateTime] = None
     invoicesCreated: int
     failedCount: int
-    warnings: list[str] = Field(default=None)
+    warnings: Opt[list[str]] = None
 
 
 class RecurringBillingRunFailedV1(Payload):
@@ -305,14 +305,14 @@ class RecurringBillingRunFailedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     runId: Uuid
-    failedAt: UtcDateTime = Field(default=None)
-    errorCode: str = Field(default=None)
+    failedAt: Opt[UtcDateTime] = None
+    errorCode: Opt[str] = None
     errorMessage: str
-    retryable: bool = Field(default=None)
+    retryable: Opt[bool] = None
 
 
 class InvoiceGeneratedV1(Payload):
@@ -320,15 +320,15 @@ class InvoiceGeneratedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     invoiceId: Uuid
-    clientId: Uuid = Field(default=None)
-    userId: Uuid = Field(default=None)
-    totalAmount: str = Field(default=None)
-    status: str = Field(default=None)
-    invoiceNumber: str = Field(default=None)
+    clientId: Opt[Uuid] = None
+    userId: Opt[Uuid] = None
+    totalAmount: Opt[str] = None
+    status: Opt[str] = None
+    invoiceNumber: Opt[str] = None
 
 
 class InvoiceGeneratedLegacy(Payload):
@@ -346,15 +346,15 @@ class InvoiceFinalizedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     invoiceId: Uuid
-    clientId: Uuid = Field(default=None)
-    userId: Uuid = Field(default=None)
-    totalAmount: str = Field(default=None)
-    status: str = Field(default=None)
-    invoiceNumber: str = Field(default=None)
+    clientId: Opt[Uuid] = None
+    userId: Opt[Uuid] = None
+    totalAmount: Opt[str] = None
+    status: Opt[str] = None
+    invoiceNumber: Opt[str] = None
 
 
 class InvoiceFinalizedLegacy(Payload):
@@ -375,7 +375,7 @@ EVENTS: list[EventType] = [
         name="Invoice Sent",
         category="Billing",
         module="billing",
-        description="An invoice was delivered to the client (email, portal or print).",
+        description="Emitted when an invoice is delivered to a client. The deliveryMethod field says whether it went by email, portal or print, and sentByUserId records who sent it.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -386,7 +386,7 @@ EVENTS: list[EventType] = [
         name="Invoice Status Changed",
         category="Billing",
         module="billing",
-        description="An invoice changed status (e.g. draft -> sent -> paid).",
+        description="Fires whenever an invoice moves between statuses, for example from draft to sent to paid. Carries previousStatus and newStatus so workflows can react to a specific transition.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -397,7 +397,7 @@ EVENTS: list[EventType] = [
         name="Invoice Due Date Changed",
         category="Billing",
         module="billing",
-        description="An invoice's due date was changed.",
+        description="Signals that an invoice's payment deadline was moved. Provides previousDueDate and newDueDate, useful for rescheduling dunning reminders.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -408,7 +408,7 @@ EVENTS: list[EventType] = [
         name="Invoice Overdue",
         category="Billing",
         module="billing",
-        description="An invoice passed its due date unpaid; carries amount and days late.",
+        description="Raised when an invoice passes its due date without full payment. Reports amountDue, currency and daysOverdue, which collection workflows can use to choose how firmly to follow up.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -419,7 +419,7 @@ EVENTS: list[EventType] = [
         name="Invoice Written Off",
         category="Billing",
         module="billing",
-        description="An unpaid invoice balance was written off.",
+        description="Records that the outstanding amount on an invoice was given up as uncollectable. Carries amountWrittenOff, currency and an optional reason for accounting follow-up.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -430,7 +430,7 @@ EVENTS: list[EventType] = [
         name="Payment Recorded",
         category="Billing",
         module="billing",
-        description="A payment from a client was recorded.",
+        description="Emitted when a payment from a client is logged. Includes amount, currency, method and an optional gatewayTransactionId for reconciling with the payment processor.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -441,7 +441,7 @@ EVENTS: list[EventType] = [
         name="Payment Applied",
         category="Billing",
         module="billing",
-        description="A recorded payment was allocated to one or more invoices.",
+        description="Fires when money already received is matched to specific invoices. The applications list shows how the money was split, useful for marking invoices paid.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -452,7 +452,7 @@ EVENTS: list[EventType] = [
         name="Payment Failed",
         category="Billing",
         module="billing",
-        description="A payment attempt did not go through.",
+        description="Fires when a payment attempt does not succeed. Carries amount, method, failureCode, failureMessage and a retryable flag, so a workflow can decide whether to retry or contact the client.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -463,7 +463,7 @@ EVENTS: list[EventType] = [
         name="Payment Refunded",
         category="Billing",
         module="billing",
-        description="Money from a payment was refunded.",
+        description="Records that money from a payment was returned to the client. Includes paymentId, the refunded amount and currency, and an optional reason.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -474,7 +474,7 @@ EVENTS: list[EventType] = [
         name="Credit Note Created",
         category="Billing",
         module="billing",
-        description="A credit (credit note/prepayment credit) was issued to a client.",
+        description="Emitted when a credit, such as a credit note or prepayment credit, is issued to a client. Carries creditNoteId, amount, currency and status.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -485,7 +485,7 @@ EVENTS: list[EventType] = [
         name="Credit Note Applied",
         category="Billing",
         module="billing",
-        description="Credit was consumed against an invoice.",
+        description="Signals that part or all of a credit was used against an invoice. Provides creditNoteId, invoiceId and amountApplied, useful for updating the invoice balance.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -496,7 +496,7 @@ EVENTS: list[EventType] = [
         name="Credit Note Voided",
         category="Billing",
         module="billing",
-        description="A credit was cancelled/voided.",
+        description="Fires when an issued credit is cancelled and can no longer be used. Includes creditNoteId, who voided it and an optional reason.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -507,7 +507,7 @@ EVENTS: list[EventType] = [
         name="Contract Created",
         category="Billing",
         module="billing",
-        description="A contract was set up for a client.",
+        description="Emitted when a new contract is set up for a client. Carries contractId, clientId and optional startDate, endDate and status, a useful trigger for onboarding steps.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -518,7 +518,7 @@ EVENTS: list[EventType] = [
         name="Contract Updated",
         category="Billing",
         module="billing",
-        description="Fields on a client contract were edited.",
+        description="Emitted when someone changes details of an existing client agreement. The payload includes updatedFields and a changes object so workflows can focus on specific edits, such as end dates.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -529,7 +529,7 @@ EVENTS: list[EventType] = [
         name="Contract Status Changed",
         category="Billing",
         module="billing",
-        description="A client contract moved to another lifecycle status.",
+        description="Fires when a client's contract changes lifecycle state. Provides previousStatus and newStatus, for example to act when a contract becomes active or expires.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -540,7 +540,7 @@ EVENTS: list[EventType] = [
         name="Contract Renewal Upcoming",
         category="Billing",
         module="billing",
-        description="A contract is approaching its renewal/end date (default window 30 days).",
+        description="Raised as a contract nears its renewal or end date, by default within a 30-day window. Carries renewalAt and daysUntilRenewal, ideal for prompting account managers to start renewal talks.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -551,7 +551,7 @@ EVENTS: list[EventType] = [
         name="Recurring Billing Run Started",
         category="Billing",
         module="billing",
-        description="A recurring (batch) invoice generation run began.",
+        description="Marks the start of a batch run that generates recurring invoices. Includes runId, an optional scheduleId and who initiated it, so progress can be monitored.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -562,7 +562,7 @@ EVENTS: list[EventType] = [
         name="Recurring Billing Run Completed",
         category="Billing",
         module="billing",
-        description="A recurring billing run finished; reports invoices created and failures.",
+        description="Signals that a recurring billing run has finished. Reports invoicesCreated and failedCount plus any warnings, useful for a billing summary or review of failed items.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -573,7 +573,7 @@ EVENTS: list[EventType] = [
         name="Recurring Billing Run Failed",
         category="Billing",
         module="billing",
-        description="A recurring billing run aborted with an error.",
+        description="Fires when a recurring billing run aborts because of an error. Carries errorMessage, an optional errorCode and a retryable flag to guide whether the run should be restarted.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -584,7 +584,7 @@ EVENTS: list[EventType] = [
         name="Invoice Generated",
         category="Billing",
         module="billing",
-        description="An invoice was generated (drafted) for a client.",
+        description="Signals that a draft invoice was produced for a client. Includes invoiceId, optional clientId, totalAmount, status and invoiceNumber.",
         kind="catalog-existing",
         in_system_catalog=True,
         legacy_model=InvoiceGeneratedLegacy,
@@ -596,7 +596,7 @@ EVENTS: list[EventType] = [
         name="Invoice Finalized",
         category="Billing",
         module="billing",
-        description="An invoice was finalized/locked.",
+        description="Fires when an invoice is finalized and locked against further edits. Carries invoiceNumber and totalAmount, and is commonly used to trigger sending or accounting export.",
         kind="catalog-existing",
         in_system_catalog=True,
         legacy_model=InvoiceFinalizedLegacy,

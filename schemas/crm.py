@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
-
-from schemas.base import Email, NonEmptyStr, Payload, Shape, UtcDateTime, Uuid
+from schemas.base import Email, NonEmptyStr, Opt, Payload, Shape, UtcDateTime, Uuid
 from schemas.registry import EventType
 
 
@@ -15,19 +13,19 @@ class ClientCreatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     clientId: Uuid
     clientName: str
-    createdByUserId: Uuid = Field(default=None)
-    createdAt: UtcDateTime = Field(default=None)
-    status: str = Field(default=None)
+    createdByUserId: Opt[Uuid] = None
+    createdAt: Opt[UtcDateTime] = None
+    status: Opt[str] = None
 
 
 class ClientUpdatedV1ChangesValue(Shape):
-    previous: Any = Field(default=None)
-    new: Any = Field(default=None)
+    previous: Opt[Any] = None
+    new: Opt[Any] = None
 
 
 class ClientUpdatedV1(Payload):
@@ -35,14 +33,14 @@ class ClientUpdatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     clientId: Uuid
-    updatedByUserId: Uuid = Field(default=None)
-    updatedAt: UtcDateTime = Field(default=None)
-    updatedFields: list[str] = Field(default=None)
-    changes: dict[str, ClientUpdatedV1ChangesValue] = Field(default=None)
+    updatedByUserId: Opt[Uuid] = None
+    updatedAt: Opt[UtcDateTime] = None
+    updatedFields: Opt[list[str]] = None
+    changes: Opt[dict[str, ClientUpdatedV1ChangesValue]] = None
 
 
 class ClientStatusChangedV1(Payload):
@@ -50,13 +48,13 @@ class ClientStatusChangedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     clientId: Uuid
     previousStatus: str
     newStatus: str
-    changedAt: UtcDateTime = Field(default=None)
+    changedAt: Opt[UtcDateTime] = None
 
 
 class ClientOwnerAssignedV1(Payload):
@@ -64,14 +62,14 @@ class ClientOwnerAssignedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     clientId: Uuid
-    previousOwnerUserId: Uuid = Field(default=None)
+    previousOwnerUserId: Opt[Uuid] = None
     newOwnerUserId: Uuid
-    assignedByUserId: Uuid = Field(default=None)
-    assignedAt: UtcDateTime = Field(default=None)
+    assignedByUserId: Opt[Uuid] = None
+    assignedAt: Opt[UtcDateTime] = None
 
 
 class ClientMergedV1(Payload):
@@ -79,14 +77,14 @@ class ClientMergedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     sourceClientId: Uuid
     targetClientId: Uuid
-    mergedByUserId: Uuid = Field(default=None)
-    mergedAt: UtcDateTime = Field(default=None)
-    strategy: str = Field(default=None)
+    mergedByUserId: Opt[Uuid] = None
+    mergedAt: Opt[UtcDateTime] = None
+    strategy: Opt[str] = None
 
 
 class ClientArchivedV1(Payload):
@@ -94,13 +92,13 @@ class ClientArchivedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     clientId: Uuid
-    archivedByUserId: Uuid = Field(default=None)
-    archivedAt: UtcDateTime = Field(default=None)
-    reason: str = Field(default=None)
+    archivedByUserId: Opt[Uuid] = None
+    archivedAt: Opt[UtcDateTime] = None
+    reason: Opt[str] = None
 
 
 class ContactCreatedV1(Payload):
@@ -108,21 +106,21 @@ class ContactCreatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     contactId: Uuid
     clientId: Uuid
     fullName: str
-    email: Email = Field(default=None)
-    phoneNumber: str = Field(default=None)
-    createdByUserId: Uuid = Field(default=None)
-    createdAt: UtcDateTime = Field(default=None)
+    email: Opt[Email] = None
+    phoneNumber: Opt[str] = None
+    createdByUserId: Opt[Uuid] = None
+    createdAt: Opt[UtcDateTime] = None
 
 
 class ContactUpdatedV1ChangesValue(Shape):
-    previous: Any = Field(default=None)
-    new: Any = Field(default=None)
+    previous: Opt[Any] = None
+    new: Opt[Any] = None
 
 
 class ContactUpdatedV1(Payload):
@@ -130,15 +128,15 @@ class ContactUpdatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     contactId: Uuid
     clientId: Uuid
-    updatedByUserId: Uuid = Field(default=None)
-    updatedAt: UtcDateTime = Field(default=None)
-    updatedFields: list[str] = Field(default=None)
-    changes: dict[str, ContactUpdatedV1ChangesValue] = Field(default=None)
+    updatedByUserId: Opt[Uuid] = None
+    updatedAt: Opt[UtcDateTime] = None
+    updatedFields: Opt[list[str]] = None
+    changes: Opt[dict[str, ContactUpdatedV1ChangesValue]] = None
 
 
 class ContactPrimarySetV1(Payload):
@@ -146,14 +144,14 @@ class ContactPrimarySetV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     clientId: Uuid
     contactId: Uuid
-    previousPrimaryContactId: Uuid = Field(default=None)
-    setByUserId: Uuid = Field(default=None)
-    setAt: UtcDateTime = Field(default=None)
+    previousPrimaryContactId: Opt[Uuid] = None
+    setByUserId: Opt[Uuid] = None
+    setAt: Opt[UtcDateTime] = None
 
 
 class ContactArchivedV1(Payload):
@@ -161,14 +159,14 @@ class ContactArchivedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     contactId: Uuid
     clientId: Uuid
-    archivedByUserId: Uuid = Field(default=None)
-    archivedAt: UtcDateTime = Field(default=None)
-    reason: str = Field(default=None)
+    archivedByUserId: Opt[Uuid] = None
+    archivedAt: Opt[UtcDateTime] = None
+    reason: Opt[str] = None
 
 
 class ContactMergedV1(Payload):
@@ -176,14 +174,14 @@ class ContactMergedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     sourceContactId: Uuid
     targetContactId: Uuid
-    mergedByUserId: Uuid = Field(default=None)
-    mergedAt: UtcDateTime = Field(default=None)
-    strategy: str = Field(default=None)
+    mergedByUserId: Opt[Uuid] = None
+    mergedAt: Opt[UtcDateTime] = None
+    strategy: Opt[str] = None
 
 
 class InteractionLoggedV1(Payload):
@@ -191,18 +189,18 @@ class InteractionLoggedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     interactionId: Uuid
     clientId: Uuid
-    contactId: Uuid = Field(default=None)
+    contactId: Opt[Uuid] = None
     interactionType: str
     channel: str
-    interactionOccurredAt: UtcDateTime = Field(default=None)
-    loggedByUserId: Uuid = Field(default=None)
-    subject: str = Field(default=None)
-    outcome: str = Field(default=None)
+    interactionOccurredAt: Opt[UtcDateTime] = None
+    loggedByUserId: Opt[Uuid] = None
+    subject: Opt[str] = None
+    outcome: Opt[str] = None
 
 
 class NoteCreatedV1(Payload):
@@ -210,16 +208,16 @@ class NoteCreatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     noteId: Uuid
     entityType: Literal["client", "contact"]
     entityId: Uuid
-    createdByUserId: Uuid = Field(default=None)
-    createdAt: UtcDateTime = Field(default=None)
-    visibility: Literal["public", "internal"] = Field(default=None)
-    bodyPreview: str = Field(default=None)
+    createdByUserId: Opt[Uuid] = None
+    createdAt: Opt[UtcDateTime] = None
+    visibility: Opt[Literal["public", "internal"]] = None
+    bodyPreview: Opt[str] = None
 
 
 class TagDefinitionCreatedV1(Payload):
@@ -227,13 +225,13 @@ class TagDefinitionCreatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     tagId: Uuid
     tagName: str
-    createdByUserId: Uuid = Field(default=None)
-    createdAt: UtcDateTime = Field(default=None)
+    createdByUserId: Opt[Uuid] = None
+    createdAt: Opt[UtcDateTime] = None
 
 
 class TagDefinitionUpdatedV1(Payload):
@@ -241,14 +239,14 @@ class TagDefinitionUpdatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     tagId: Uuid
-    previousName: str = Field(default=None)
-    newName: str = Field(default=None)
-    updatedByUserId: Uuid = Field(default=None)
-    updatedAt: UtcDateTime = Field(default=None)
+    previousName: Opt[str] = None
+    newName: Opt[str] = None
+    updatedByUserId: Opt[Uuid] = None
+    updatedAt: Opt[UtcDateTime] = None
 
 
 class TagAppliedV1(Payload):
@@ -256,14 +254,14 @@ class TagAppliedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     tagId: Uuid
     entityType: str
     entityId: str
-    appliedByUserId: Uuid = Field(default=None)
-    appliedAt: UtcDateTime = Field(default=None)
+    appliedByUserId: Opt[Uuid] = None
+    appliedAt: Opt[UtcDateTime] = None
 
 
 class TagRemovedV1(Payload):
@@ -271,19 +269,19 @@ class TagRemovedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     tagId: Uuid
     entityType: str
     entityId: str
-    removedByUserId: Uuid = Field(default=None)
-    removedAt: UtcDateTime = Field(default=None)
+    removedByUserId: Opt[Uuid] = None
+    removedAt: Opt[UtcDateTime] = None
 
 
 class CompanyCreatedV1ChangesValue(Shape):
-    previous: Any = Field(default=None)
-    new: Any = Field(default=None)
+    previous: Opt[Any] = None
+    new: Opt[Any] = None
 
 
 class CompanyCreatedV1(Payload):
@@ -291,20 +289,20 @@ class CompanyCreatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     companyId: Uuid
-    companyName: str = Field(default=None)
-    createdByUserId: Uuid = Field(default=None)
-    createdAt: UtcDateTime = Field(default=None)
-    updatedFields: list[str] = Field(default=None)
-    changes: dict[str, CompanyCreatedV1ChangesValue] = Field(default=None)
+    companyName: Opt[str] = None
+    createdByUserId: Opt[Uuid] = None
+    createdAt: Opt[UtcDateTime] = None
+    updatedFields: Opt[list[str]] = None
+    changes: Opt[dict[str, CompanyCreatedV1ChangesValue]] = None
 
 
 class CompanyUpdatedV1ChangesValue(Shape):
-    previous: Any = Field(default=None)
-    new: Any = Field(default=None)
+    previous: Opt[Any] = None
+    new: Opt[Any] = None
 
 
 class CompanyUpdatedV1(Payload):
@@ -312,14 +310,14 @@ class CompanyUpdatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     companyId: Uuid
-    updatedByUserId: Uuid = Field(default=None)
-    updatedAt: UtcDateTime = Field(default=None)
-    updatedFields: list[str] = Field(default=None)
-    changes: dict[str, CompanyUpdatedV1ChangesValue] = Field(default=None)
+    updatedByUserId: Opt[Uuid] = None
+    updatedAt: Opt[UtcDateTime] = None
+    updatedFields: Opt[list[str]] = None
+    changes: Opt[dict[str, CompanyUpdatedV1ChangesValue]] = None
 
 
 EVENTS: list[EventType] = [
@@ -330,7 +328,7 @@ EVENTS: list[EventType] = [
         name="Client Created",
         category="CRM",
         module="crm",
-        description="A new client (customer account) was created.",
+        description="Emitted when a new customer account is created. Carries clientId, clientName and an optional status; it is the current name for what legacy COMPANY_CREATED described.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -341,7 +339,7 @@ EVENTS: list[EventType] = [
         name="Client Updated",
         category="CRM",
         module="crm",
-        description="Fields on a client record were edited.",
+        description="Emitted when someone changes details of a customer account. Includes updatedFields and a changes object, and supersedes the legacy COMPANY_UPDATED event for workflows.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -352,7 +350,7 @@ EVENTS: list[EventType] = [
         name="Client Status Changed",
         category="CRM",
         module="crm",
-        description="A client moved between lifecycle statuses (e.g. prospect -> active).",
+        description="Signals that a client moved between lifecycle statuses, for example from prospect to active. Provides previousStatus and newStatus for onboarding or offboarding automations.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -363,7 +361,7 @@ EVENTS: list[EventType] = [
         name="Client Owner Assigned",
         category="CRM",
         module="crm",
-        description="A client got a new account manager/owner.",
+        description="Raised when a client gets a new account manager. Carries previousOwnerUserId and newOwnerUserId, so the incoming owner can be notified and handover tasks created.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -374,7 +372,7 @@ EVENTS: list[EventType] = [
         name="Client Merged",
         category="CRM",
         module="crm",
-        description="Two client records were consolidated into one.",
+        description="Intended to record two client records being combined, with sourceClientId, targetClientId and a merge strategy. Catalog only: no product path emits it yet because there is no merge subsystem.",
         kind="domain-v2",
         in_system_catalog=True,
         catalog_only=True,
@@ -387,7 +385,7 @@ EVENTS: list[EventType] = [
         name="Client Archived",
         category="CRM",
         module="crm",
-        description="A client was deactivated/archived.",
+        description="Emitted when a client is deactivated or archived. Includes archivedByUserId and an optional reason, a useful trigger for closing open work or stopping billing.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -398,7 +396,7 @@ EVENTS: list[EventType] = [
         name="Contact Created",
         category="CRM",
         module="crm",
-        description="A new contact person was added under a client.",
+        description="Emitted when a person is recorded as a contact belonging to a client account. Carries contactId, clientId, fullName and optional email and phoneNumber, enough to send a welcome message.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -409,7 +407,7 @@ EVENTS: list[EventType] = [
         name="Contact Updated",
         category="CRM",
         module="crm",
-        description="Fields on a contact were edited.",
+        description="Emitted when details of a contact person are changed. Provides contactId, clientId, updatedFields and a changes object, useful for syncing contact details to other systems.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -420,7 +418,7 @@ EVENTS: list[EventType] = [
         name="Primary Contact Set",
         category="CRM",
         module="crm",
-        description="A contact became the client's primary/billing contact.",
+        description="Fires when a client's main or billing point of contact is switched to a particular person. Includes previousPrimaryContactId, so workflows can update invoice recipients accordingly.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -431,7 +429,7 @@ EVENTS: list[EventType] = [
         name="Contact Archived",
         category="CRM",
         module="crm",
-        description="A contact was deactivated/archived.",
+        description="Emitted when a contact is deactivated or archived. Carries contactId, clientId and an optional reason, for example to remove the person from mailing lists.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -442,7 +440,7 @@ EVENTS: list[EventType] = [
         name="Contact Merged",
         category="CRM",
         module="crm",
-        description="Two contact records were consolidated into one.",
+        description="Intended to record two contact records being combined, with sourceContactId, targetContactId and a strategy. Catalog only: no product path emits it yet.",
         kind="domain-v2",
         in_system_catalog=True,
         catalog_only=True,
@@ -455,7 +453,7 @@ EVENTS: list[EventType] = [
         name="Interaction Logged",
         category="CRM",
         module="crm",
-        description="A CRM interaction (call, meeting, email...) was recorded for a client.",
+        description="Emitted when staff log a touchpoint with a client, such as a phone call, meeting or email. Carries interactionType, channel, optional contactId, subject and outcome.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -466,7 +464,7 @@ EVENTS: list[EventType] = [
         name="Note Created",
         category="CRM",
         module="crm",
-        description="A note was attached to a client or contact.",
+        description="Fires when someone writes a note on a client account or on an individual contact. The payload gives entityType, entityId, optional visibility (public or internal) and a short bodyPreview.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -477,7 +475,7 @@ EVENTS: list[EventType] = [
         name="Tag Definition Created",
         category="Tags",
         module="crm",
-        description="A new tag was defined.",
+        description="Emitted when a tag is created and becomes available for labelling records. Includes tagId and tagName, plus who created it and when.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -488,7 +486,7 @@ EVENTS: list[EventType] = [
         name="Tag Definition Updated",
         category="Tags",
         module="crm",
-        description="An existing tag definition was renamed/changed.",
+        description="Fires when an existing tag definition is renamed or otherwise changed. Provides previousName and newName, useful for keeping external labels in sync.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -499,7 +497,7 @@ EVENTS: list[EventType] = [
         name="Tag Applied",
         category="Tags",
         module="crm",
-        description="A tag was put on some entity (ticket, client, ...).",
+        description="Emitted when a tag is attached to any entity, such as a ticket or client. Carries tagId, entityType and entityId, so workflows can trigger on particular tags being added.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -510,7 +508,7 @@ EVENTS: list[EventType] = [
         name="Tag Removed",
         category="Tags",
         module="crm",
-        description="A tag was taken off an entity.",
+        description="Fires when a label is detached from a record. Includes tagId, entityType, entityId and who removed it; for tickets it mirrors part of TICKET_TAGS_CHANGED.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -521,7 +519,7 @@ EVENTS: list[EventType] = [
         name="Company Created",
         category="Company Management",
         module="crm",
-        description="Legacy name for a new client/company record being created (removed later in favour of CLIENT_*).",
+        description="Older event name for a new client or company record, carrying companyId and optional companyName. It was later removed; workflows should use CLIENT_CREATED as the canonical type.",
         kind="catalog-existing",
         in_system_catalog=True,
     ),
@@ -532,7 +530,7 @@ EVENTS: list[EventType] = [
         name="Company Updated",
         category="Company Management",
         module="crm",
-        description="Legacy name for a client/company record being edited (removed later).",
+        description="Older event name for edits to a client or company record, with companyId, updatedFields and changes. It was later removed; CLIENT_UPDATED is the canonical type for workflows.",
         kind="catalog-existing",
         in_system_catalog=True,
     ),

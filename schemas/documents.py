@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas.base import Email, NonEmptyStr, Payload, Shape, UtcDateTime, Uuid
+from schemas.base import Email, NonEmptyStr, Opt, Payload, Shape, UtcDateTime, Uuid
 from schemas.registry import EventType
 
 
@@ -15,12 +15,12 @@ class DocumentUploadedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     documentId: Uuid
-    uploadedByUserId: Uuid = Field(default=None)
-    uploadedAt: UtcDateTime = Field(default=None)
+    uploadedByUserId: Opt[Uuid] = None
+    uploadedAt: Opt[UtcDateTime] = None
     fileName: str
     contentType: str
     sizeBytes: int
@@ -32,13 +32,13 @@ class DocumentDeletedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     documentId: Uuid
-    deletedByUserId: Uuid = Field(default=None)
-    deletedAt: UtcDateTime = Field(default=None)
-    reason: str = Field(default=None)
+    deletedByUserId: Opt[Uuid] = None
+    deletedAt: Opt[UtcDateTime] = None
+    reason: Opt[str] = None
 
 
 class DocumentAssociatedV1(Payload):
@@ -46,14 +46,14 @@ class DocumentAssociatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     documentId: Uuid
     entityType: str
     entityId: str
-    associatedByUserId: Uuid = Field(default=None)
-    associatedAt: UtcDateTime = Field(default=None)
+    associatedByUserId: Opt[Uuid] = None
+    associatedAt: Opt[UtcDateTime] = None
 
 
 class DocumentDetachedV1(Payload):
@@ -61,15 +61,15 @@ class DocumentDetachedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     documentId: Uuid
     entityType: str
     entityId: str
-    detachedByUserId: Uuid = Field(default=None)
-    detachedAt: UtcDateTime = Field(default=None)
-    reason: str = Field(default=None)
+    detachedByUserId: Opt[Uuid] = None
+    detachedAt: Opt[UtcDateTime] = None
+    reason: Opt[str] = None
 
 
 class DocumentGeneratedV1(Payload):
@@ -77,20 +77,20 @@ class DocumentGeneratedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     documentId: Uuid
     sourceType: str
     sourceId: str
-    generatedByUserId: Uuid = Field(default=None)
-    generatedAt: UtcDateTime = Field(default=None)
+    generatedByUserId: Opt[Uuid] = None
+    generatedAt: Opt[UtcDateTime] = None
     fileName: str
 
 
 class DocumentSignatureRequestedV1SignersItem(Shape):
     email: Email
-    name: str = Field(default=None)
+    name: Opt[str] = None
 
 
 class DocumentSignatureRequestedV1(Payload):
@@ -98,15 +98,15 @@ class DocumentSignatureRequestedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     documentId: Uuid
     requestId: Uuid
-    requestedByUserId: Uuid = Field(default=None)
-    requestedAt: UtcDateTime = Field(default=None)
+    requestedByUserId: Opt[Uuid] = None
+    requestedAt: Opt[UtcDateTime] = None
     signers: list[DocumentSignatureRequestedV1SignersItem] = Field(min_length=1)
-    expiresAt: UtcDateTime = Field(default=None)
+    expiresAt: Opt[UtcDateTime] = None
 
 
 class DocumentSignedV1(Payload):
@@ -114,14 +114,14 @@ class DocumentSignedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     documentId: Uuid
     requestId: Uuid
-    signedAt: UtcDateTime = Field(default=None)
-    signerEmail: Email = Field(default=None)
-    signerId: Uuid = Field(default=None)
+    signedAt: Opt[UtcDateTime] = None
+    signerEmail: Opt[Email] = None
+    signerId: Opt[Uuid] = None
 
 
 class DocumentSignatureExpiredV1(Payload):
@@ -129,12 +129,12 @@ class DocumentSignatureExpiredV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     documentId: Uuid
     requestId: Uuid
-    expiredAt: UtcDateTime = Field(default=None)
+    expiredAt: Opt[UtcDateTime] = None
 
 
 EVENTS: list[EventType] = [
@@ -145,7 +145,7 @@ EVENTS: list[EventType] = [
         name="Document Uploaded",
         category="Documents",
         module="documents",
-        description="A file/document was stored.",
+        description="Fires when a file is stored as a document. Carries fileName, contentType, sizeBytes and storageKey, useful for scanning or indexing new uploads.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -156,7 +156,7 @@ EVENTS: list[EventType] = [
         name="Document Deleted",
         category="Documents",
         module="documents",
-        description="A document was removed.",
+        description="Emitted when a document is removed. Includes documentId, who deleted it and an optional reason, useful for audit trails.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -167,7 +167,7 @@ EVENTS: list[EventType] = [
         name="Document Associated",
         category="Documents",
         module="documents",
-        description="A document was linked to an entity (ticket, client, contract, ...).",
+        description="Signals that a document was linked to an entity such as a ticket, client or contract. Provides entityType and entityId to identify what the document now belongs to.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -178,7 +178,7 @@ EVENTS: list[EventType] = [
         name="Document Detached",
         category="Documents",
         module="documents",
-        description="A document's link to an entity was removed.",
+        description="Raised when the link between a document and an entity is removed. Carries entityType, entityId, who detached it and an optional reason.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -189,7 +189,7 @@ EVENTS: list[EventType] = [
         name="Document Generated",
         category="Documents",
         module="documents",
-        description="The system produced a document (e.g. invoice PDF) from some source.",
+        description="Emitted when the system itself produces a document, such as an invoice PDF. Includes sourceType and sourceId identifying what it was built from, plus the fileName.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -200,7 +200,7 @@ EVENTS: list[EventType] = [
         name="Document Signature Requested",
         category="Documents",
         module="documents",
-        description="A document was sent out for e-signature.",
+        description="Intended for sending a document out for e-signature, carrying requestId, the signers list and an optional expiresAt. Catalog only: no product path emits it yet because e-signature is not implemented.",
         kind="domain-v2",
         in_system_catalog=True,
         catalog_only=True,
@@ -213,7 +213,7 @@ EVENTS: list[EventType] = [
         name="Document Signed",
         category="Documents",
         module="documents",
-        description="A document finished being signed.",
+        description="Meant to record that signing of a document finished, with requestId, signedAt and signer details. Catalog only: no product path emits it yet.",
         kind="domain-v2",
         in_system_catalog=True,
         catalog_only=True,
@@ -226,7 +226,7 @@ EVENTS: list[EventType] = [
         name="Document Signature Expired",
         category="Documents",
         module="documents",
-        description="A signature request lapsed without completion.",
+        description="Meant to signal that a signature request ran out before completion, with documentId, requestId and expiredAt. Catalog only: no product path emits it yet.",
         kind="domain-v2",
         in_system_catalog=True,
         catalog_only=True,

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas.base import Email, NonEmptyStr, Payload, Shape, UtcDateTime, Uuid
+from schemas.base import Email, NonEmptyStr, Opt, Payload, Shape, UtcDateTime, Uuid
 from schemas.registry import EventType
 
 
@@ -15,16 +15,16 @@ class InboundEmailReplyReceivedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     messageId: Uuid
     threadId: Uuid
-    ticketId: Uuid = Field(default=None)
+    ticketId: Opt[Uuid] = None
     from_: Email = Field(alias="from")
     to: list[Email] = Field(min_length=1)
-    subject: str = Field(default=None)
-    receivedAt: UtcDateTime = Field(default=None)
+    subject: Opt[str] = None
+    receivedAt: Opt[UtcDateTime] = None
     provider: str
     matchedBy: str
 
@@ -34,17 +34,17 @@ class OutboundEmailQueuedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     messageId: Uuid
-    threadId: Uuid = Field(default=None)
-    ticketId: Uuid = Field(default=None)
+    threadId: Opt[Uuid] = None
+    ticketId: Opt[Uuid] = None
     from_: Email = Field(alias="from")
     to: list[Email] = Field(min_length=1)
-    cc: list[Email] = Field(default=None, min_length=1)
-    subject: str = Field(default=None)
-    queuedAt: UtcDateTime = Field(default=None)
+    cc: Opt[list[Email]] = Field(default=None, min_length=1)
+    subject: Opt[str] = None
+    queuedAt: Opt[UtcDateTime] = None
     provider: str
 
 
@@ -53,14 +53,14 @@ class OutboundEmailSentV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     messageId: Uuid
     providerMessageId: str
-    threadId: Uuid = Field(default=None)
-    ticketId: Uuid = Field(default=None)
-    sentAt: UtcDateTime = Field(default=None)
+    threadId: Opt[Uuid] = None
+    ticketId: Opt[Uuid] = None
+    sentAt: Opt[UtcDateTime] = None
     provider: str
 
 
@@ -69,17 +69,17 @@ class OutboundEmailFailedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     messageId: Uuid
-    threadId: Uuid = Field(default=None)
-    ticketId: Uuid = Field(default=None)
-    failedAt: UtcDateTime = Field(default=None)
+    threadId: Opt[Uuid] = None
+    ticketId: Opt[Uuid] = None
+    failedAt: Opt[UtcDateTime] = None
     provider: str
-    errorCode: str = Field(default=None)
+    errorCode: Opt[str] = None
     errorMessage: str
-    retryable: bool = Field(default=None)
+    retryable: Opt[bool] = None
 
 
 class EmailDeliveredV1(Payload):
@@ -87,13 +87,13 @@ class EmailDeliveredV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     messageId: Uuid
     providerMessageId: str
     to: Email
-    deliveredAt: UtcDateTime = Field(default=None)
+    deliveredAt: Opt[UtcDateTime] = None
     provider: str
 
 
@@ -102,16 +102,16 @@ class EmailBouncedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     messageId: Uuid
     providerMessageId: str
     to: Email
-    bouncedAt: UtcDateTime = Field(default=None)
+    bouncedAt: Opt[UtcDateTime] = None
     bounceType: Literal["hard", "soft"]
-    smtpCode: str = Field(default=None)
-    smtpMessage: str = Field(default=None)
+    smtpCode: Opt[str] = None
+    smtpMessage: Opt[str] = None
 
 
 class EmailComplaintReceivedV1(Payload):
@@ -119,15 +119,15 @@ class EmailComplaintReceivedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     messageId: Uuid
     providerMessageId: str
     to: Email
-    complainedAt: UtcDateTime = Field(default=None)
+    complainedAt: Opt[UtcDateTime] = None
     provider: str
-    complaintType: str = Field(default=None)
+    complaintType: Opt[str] = None
 
 
 class EmailUnsubscribedV1(Payload):
@@ -135,38 +135,38 @@ class EmailUnsubscribedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     recipientEmail: Email
-    unsubscribedAt: UtcDateTime = Field(default=None)
+    unsubscribedAt: Opt[UtcDateTime] = None
     source: str
-    messageId: Uuid = Field(default=None)
+    messageId: Opt[Uuid] = None
 
 
 class InboundEmailReceivedV1EmailDataFrom(Shape):
     email: Email
-    name: str = Field(default=None)
+    name: Opt[str] = None
 
 
 class InboundEmailReceivedV1EmailDataToItem(Shape):
     email: Email
-    name: str = Field(default=None)
+    name: Opt[str] = None
 
 
 class InboundEmailReceivedV1EmailDataCcItem(Shape):
     email: Email
-    name: str = Field(default=None)
+    name: Opt[str] = None
 
 
 class InboundEmailReceivedV1EmailDataBccItem(Shape):
     email: Email
-    name: str = Field(default=None)
+    name: Opt[str] = None
 
 
 class InboundEmailReceivedV1EmailDataBody(Shape):
-    text: str = Field(default=None)
-    html: str = Field(default=None)
+    text: Opt[str] = None
+    html: Opt[str] = None
 
 
 class InboundEmailReceivedV1EmailDataAttachmentsItem(Shape):
@@ -174,25 +174,25 @@ class InboundEmailReceivedV1EmailDataAttachmentsItem(Shape):
     name: str
     contentType: str
     size: int
-    contentId: str = Field(default=None)
+    contentId: Opt[str] = None
 
 
 class InboundEmailReceivedV1EmailData(Shape):
     id: str
-    mailhogId: str = Field(default=None)
-    threadId: str = Field(default=None)
+    mailhogId: Opt[str] = None
+    threadId: Opt[str] = None
     from_: InboundEmailReceivedV1EmailDataFrom = Field(alias="from")
-    to: list[InboundEmailReceivedV1EmailDataToItem] = Field(default=None)
-    cc: list[InboundEmailReceivedV1EmailDataCcItem] = Field(default=None)
-    bcc: list[InboundEmailReceivedV1EmailDataBccItem] = Field(default=None)
+    to: Opt[list[InboundEmailReceivedV1EmailDataToItem]] = None
+    cc: Opt[list[InboundEmailReceivedV1EmailDataCcItem]] = None
+    bcc: Opt[list[InboundEmailReceivedV1EmailDataBccItem]] = None
     subject: str
     body: InboundEmailReceivedV1EmailDataBody
-    inReplyTo: str = Field(default=None)
-    references: list[str] = Field(default=None)
-    attachments: list[InboundEmailReceivedV1EmailDataAttachmentsItem] = Field(default=None)
-    receivedAt: str = Field(default=None)
-    tenant: str = Field(default=None)
-    providerId: str = Field(default=None)
+    inReplyTo: Opt[str] = None
+    references: Opt[list[str]] = None
+    attachments: Opt[list[InboundEmailReceivedV1EmailDataAttachmentsItem]] = None
+    receivedAt: Opt[str] = None
+    tenant: Opt[str] = None
+    providerId: Opt[str] = None
 
 
 class InboundEmailReceivedV1(Payload):
@@ -200,26 +200,26 @@ class InboundEmailReceivedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     emailData: InboundEmailReceivedV1EmailData
     providerId: str
 
 
 class InboundEmailReceivedLegacyEmailDataFrom(Shape):
     email: Email
-    name: str = Field(default=None)
+    name: Opt[str] = None
 
 
 class InboundEmailReceivedLegacyEmailDataToItem(Shape):
     email: Email
-    name: str = Field(default=None)
+    name: Opt[str] = None
 
 
 class InboundEmailReceivedLegacyEmailDataBody(Shape):
     text: str
-    html: str = Field(default=None)
+    html: Opt[str] = None
 
 
 class InboundEmailReceivedLegacyEmailDataAttachmentsItem(Shape):
@@ -236,10 +236,10 @@ class InboundEmailReceivedLegacyEmailData(Shape):
     to: list[InboundEmailReceivedLegacyEmailDataToItem]
     body: InboundEmailReceivedLegacyEmailDataBody
     receivedAt: UtcDateTime
-    attachments: list[InboundEmailReceivedLegacyEmailDataAttachmentsItem] = Field(default=None)
-    threadId: str = Field(default=None)
-    inReplyTo: str = Field(default=None)
-    references: list[str] = Field(default=None)
+    attachments: Opt[list[InboundEmailReceivedLegacyEmailDataAttachmentsItem]] = None
+    threadId: Opt[str] = None
+    inReplyTo: Opt[str] = None
+    references: Opt[list[str]] = None
 
 
 class InboundEmailReceivedLegacy(Payload):
@@ -255,9 +255,9 @@ class EmailProviderConnectedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     providerId: str
     providerType: Literal["microsoft", "google"]
     providerName: str
@@ -270,14 +270,14 @@ class EmailProviderDisconnectedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     providerId: str
     providerType: Literal["microsoft", "google"]
     providerName: str
     disconnectedAt: str
-    reason: str = Field(default=None)
+    reason: Opt[str] = None
 
 
 EVENTS: list[EventType] = [
@@ -288,7 +288,7 @@ EVENTS: list[EventType] = [
         name="Inbound Email Reply Received",
         category="Email Processing",
         module="email",
-        description="An inbound email was matched as a reply to an existing thread/ticket.",
+        description="Fires when an incoming email is recognised as a reply to an existing thread or ticket. Carries threadId, optional ticketId and matchedBy, which explains how the match was made.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -299,7 +299,7 @@ EVENTS: list[EventType] = [
         name="Outbound Email Queued",
         category="Email Processing",
         module="email",
-        description="An outgoing email was handed to the send pipeline.",
+        description="Fires once an email the system wants to send is placed in line for delivery. Includes messageId, sender, recipients, optional cc and ticketId, and the provider that will send it.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -310,7 +310,7 @@ EVENTS: list[EventType] = [
         name="Outbound Email Sent",
         category="Email Processing",
         module="email",
-        description="The email provider accepted an outgoing email.",
+        description="Fires once the mail service takes responsibility for an outgoing message. Carries providerMessageId, which links later delivery, bounce or complaint events back to this message.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -321,7 +321,7 @@ EVENTS: list[EventType] = [
         name="Outbound Email Failed",
         category="Email Processing",
         module="email",
-        description="The provider rejected or failed to send an outgoing email.",
+        description="Emitted when an outgoing message could not be sent or was refused by the mail service. Includes errorMessage, optional errorCode and a retryable flag to decide whether to resend.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -332,7 +332,7 @@ EVENTS: list[EventType] = [
         name="Email Delivered",
         category="Email Processing",
         module="email",
-        description="The provider confirmed the email reached the recipient.",
+        description="Emitted when the provider confirms an email reached the recipient's mail server. Carries messageId, providerMessageId, recipients and deliveredAt.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -343,7 +343,7 @@ EVENTS: list[EventType] = [
         name="Email Bounced",
         category="Email Processing",
         module="email",
-        description="An email bounced (hard or soft).",
+        description="Signals that an email bounced. The bounceType field distinguishes hard from soft bounces, and optional smtpCode and smtpMessage explain why, useful for flagging bad addresses.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -354,7 +354,7 @@ EVENTS: list[EventType] = [
         name="Email Complaint Received",
         category="Email Processing",
         module="email",
-        description="A recipient marked an email as spam/complained.",
+        description="Raised when a recipient reports an email as spam or otherwise complains. Includes providerMessageId and an optional complaintType, a cue to stop mailing that address.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -365,7 +365,7 @@ EVENTS: list[EventType] = [
         name="Email Unsubscribed",
         category="Email Processing",
         module="email",
-        description="A recipient opted out of emails.",
+        description="Fires when a recipient opts out of receiving emails. Carries recipientEmail and source, so suppression lists can be updated straight away.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -376,7 +376,7 @@ EVENTS: list[EventType] = [
         name="Inbound Email Received",
         category="Email Processing",
         module="email",
-        description="An email arrived in a connected mailbox (drives the email-to-ticket workflow).",
+        description="Emitted when a message lands in a connected mailbox; it drives the email-to-ticket workflow. Carries providerId and an emailData object with sender, recipients, subject, body and threading headers.",
         kind="catalog-existing",
         in_system_catalog=True,
         legacy_model=InboundEmailReceivedLegacy,
@@ -388,7 +388,7 @@ EVENTS: list[EventType] = [
         name="Email Provider Connected",
         category="Email Processing",
         module="email",
-        description="A Microsoft/Google mailbox provider was connected.",
+        description="Signals that a Microsoft or Google mailbox was connected. Includes providerType, providerName, the mailbox address and connectedAt.",
         kind="catalog-existing",
         in_system_catalog=True,
     ),
@@ -399,7 +399,7 @@ EVENTS: list[EventType] = [
         name="Email Provider Disconnected",
         category="Email Processing",
         module="email",
-        description="A mailbox provider was disconnected or deactivated.",
+        description="Emitted when a linked mail account stops being used, whether it was unplugged or switched off. Carries providerType, providerName and an optional reason, a cue that inbound email processing has stopped.",
         kind="catalog-existing",
         in_system_catalog=True,
     ),

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
-
-from schemas.base import NonEmptyStr, Payload, Shape, UtcDateTime, Uuid
+from schemas.base import NonEmptyStr, Opt, Payload, Shape, UtcDateTime, Uuid
 from schemas.registry import EventType
 
 
@@ -15,23 +13,23 @@ class IntegrationSyncStartedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     integrationId: Uuid
     provider: str
-    connectionId: Uuid = Field(default=None)
+    connectionId: Opt[Uuid] = None
     syncId: str
-    scope: str = Field(default=None)
-    initiatedByUserId: Uuid = Field(default=None)
-    startedAt: UtcDateTime = Field(default=None)
+    scope: Opt[str] = None
+    initiatedByUserId: Opt[Uuid] = None
+    startedAt: Opt[UtcDateTime] = None
 
 
 class IntegrationSyncCompletedV1Summary(Shape):
-    created: int = Field(default=None)
-    updated: int = Field(default=None)
-    deleted: int = Field(default=None)
-    skipped: int = Field(default=None)
+    created: Opt[int] = None
+    updated: Opt[int] = None
+    deleted: Opt[int] = None
+    skipped: Opt[int] = None
 
 
 class IntegrationSyncCompletedV1(Payload):
@@ -39,18 +37,18 @@ class IntegrationSyncCompletedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     integrationId: Uuid
     provider: str
-    connectionId: Uuid = Field(default=None)
+    connectionId: Opt[Uuid] = None
     syncId: str
-    startedAt: UtcDateTime = Field(default=None)
-    completedAt: UtcDateTime = Field(default=None)
-    durationMs: int = Field(default=None)
-    summary: IntegrationSyncCompletedV1Summary = Field(default=None)
-    warnings: list[str] = Field(default=None)
+    startedAt: Opt[UtcDateTime] = None
+    completedAt: Opt[UtcDateTime] = None
+    durationMs: Opt[int] = None
+    summary: Opt[IntegrationSyncCompletedV1Summary] = None
+    warnings: Opt[list[str]] = None
 
 
 class IntegrationSyncFailedV1(Payload):
@@ -58,19 +56,19 @@ class IntegrationSyncFailedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     integrationId: Uuid
     provider: str
-    connectionId: Uuid = Field(default=None)
+    connectionId: Opt[Uuid] = None
     syncId: str
-    startedAt: UtcDateTime = Field(default=None)
-    failedAt: UtcDateTime = Field(default=None)
-    durationMs: int = Field(default=None)
-    errorCode: str = Field(default=None)
+    startedAt: Opt[UtcDateTime] = None
+    failedAt: Opt[UtcDateTime] = None
+    durationMs: Opt[int] = None
+    errorCode: Opt[str] = None
     errorMessage: str
-    retryable: bool = Field(default=None)
+    retryable: Opt[bool] = None
 
 
 class IntegrationWebhookReceivedV1(Payload):
@@ -78,16 +76,16 @@ class IntegrationWebhookReceivedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     integrationId: Uuid
     provider: str
-    connectionId: Uuid = Field(default=None)
+    connectionId: Opt[Uuid] = None
     webhookId: str
     eventName: str
-    receivedAt: UtcDateTime = Field(default=None)
-    rawPayloadRef: str = Field(default=None)
+    receivedAt: Opt[UtcDateTime] = None
+    rawPayloadRef: Opt[str] = None
 
 
 class IntegrationConnectedV1(Payload):
@@ -95,14 +93,14 @@ class IntegrationConnectedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     integrationId: Uuid
     provider: str
     connectionId: Uuid
-    connectedAt: UtcDateTime = Field(default=None)
-    connectedByUserId: Uuid = Field(default=None)
+    connectedAt: Opt[UtcDateTime] = None
+    connectedByUserId: Opt[Uuid] = None
 
 
 class IntegrationDisconnectedV1(Payload):
@@ -110,15 +108,15 @@ class IntegrationDisconnectedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     integrationId: Uuid
     provider: str
     connectionId: Uuid
-    disconnectedAt: UtcDateTime = Field(default=None)
-    disconnectedByUserId: Uuid = Field(default=None)
-    reason: str = Field(default=None)
+    disconnectedAt: Opt[UtcDateTime] = None
+    disconnectedByUserId: Opt[Uuid] = None
+    reason: Opt[str] = None
 
 
 class IntegrationTokenExpiringV1(Payload):
@@ -126,15 +124,15 @@ class IntegrationTokenExpiringV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     integrationId: Uuid
     provider: str
     connectionId: Uuid
     expiresAt: UtcDateTime
     daysUntilExpiry: int
-    notifiedAt: UtcDateTime = Field(default=None)
+    notifiedAt: Opt[UtcDateTime] = None
 
 
 class IntegrationTokenRefreshFailedV1(Payload):
@@ -142,16 +140,16 @@ class IntegrationTokenRefreshFailedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     integrationId: Uuid
     provider: str
     connectionId: Uuid
-    failedAt: UtcDateTime = Field(default=None)
-    errorCode: str = Field(default=None)
+    failedAt: Opt[UtcDateTime] = None
+    errorCode: Opt[str] = None
     errorMessage: str
-    retryable: bool = Field(default=None)
+    retryable: Opt[bool] = None
 
 
 class ExternalMappingChangedV1(Payload):
@@ -159,15 +157,15 @@ class ExternalMappingChangedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     provider: str
     mappingType: str
     mappingId: str
-    changedAt: UtcDateTime = Field(default=None)
-    previousValue: Any = Field(default=None)
-    newValue: Any = Field(default=None)
+    changedAt: Opt[UtcDateTime] = None
+    previousValue: Opt[Any] = None
+    newValue: Opt[Any] = None
 
 
 EVENTS: list[EventType] = [
@@ -178,7 +176,7 @@ EVENTS: list[EventType] = [
         name="Integration Sync Started",
         category="Integrations",
         module="integrations",
-        description="A sync job with an external system started.",
+        description="Marks the start of a sync job with an external system. Carries integrationId, provider, syncId, optional scope and who started it, for monitoring long-running jobs.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -189,7 +187,7 @@ EVENTS: list[EventType] = [
         name="Integration Sync Completed",
         category="Integrations",
         module="integrations",
-        description="A sync job finished successfully with created/updated/deleted counts.",
+        description="Signals that an external sync job finished successfully. Includes durationMs and a summary of created, updated and deleted counts, plus any warnings.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -200,7 +198,7 @@ EVENTS: list[EventType] = [
         name="Integration Sync Failed",
         category="Integrations",
         module="integrations",
-        description="A sync job ended in error.",
+        description="Fires when an external sync job ends in an error. Provides errorMessage, optional errorCode and a retryable flag, letting an operator decide whether to rerun it.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -211,7 +209,7 @@ EVENTS: list[EventType] = [
         name="Integration Webhook Received",
         category="Integrations",
         module="integrations",
-        description="An inbound webhook from an integrated provider arrived.",
+        description="Fires when a connected third-party service calls in with a webhook. Carries webhookId, the provider's eventName and an optional rawPayloadRef pointing at the stored body.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -222,7 +220,7 @@ EVENTS: list[EventType] = [
         name="Integration Connected",
         category="Integrations",
         module="integrations",
-        description="A connection to an external provider was established.",
+        description="Signals that a connection to an external provider was set up. Includes integrationId, provider, connectionId and who connected it, a good trigger for an initial sync.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -233,7 +231,7 @@ EVENTS: list[EventType] = [
         name="Integration Disconnected",
         category="Integrations",
         module="integrations",
-        description="A provider connection was removed or invalidated.",
+        description="Fires when a provider connection is removed or becomes invalid. Carries connectionId, who disconnected it and an optional reason, useful for alerting admins.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -244,7 +242,7 @@ EVENTS: list[EventType] = [
         name="Integration Token Expiring",
         category="Integrations",
         module="integrations",
-        description="An integration's OAuth token is close to expiry.",
+        description="Warns that the OAuth credential behind an integration will soon stop working. Provides expiresAt and daysUntilExpiry, so an admin can be asked to re-authorise before syncing breaks.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -255,7 +253,7 @@ EVENTS: list[EventType] = [
         name="Integration Token Refresh Failed",
         category="Integrations",
         module="integrations",
-        description="Refreshing an integration's OAuth token failed.",
+        description="Emitted when an automatic refresh of an integration's OAuth token fails. Includes errorMessage, optional errorCode and a retryable flag; repeated failures usually mean manual reconnection.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -266,7 +264,7 @@ EVENTS: list[EventType] = [
         name="External Mapping Changed",
         category="Integrations",
         module="integrations",
-        description="A mapping between a local entity and an external system entity changed.",
+        description="Fires when the link between a local record and its counterpart in an external system changes. Carries mappingType, mappingId, and previousValue and newValue.",
         kind="domain-v2",
         in_system_catalog=True,
     ),

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
-
-from schemas.base import Payload, Shape, UtcDateTime, Uuid
+from schemas.base import Opt, Payload, Shape, UtcDateTime, Uuid
 from schemas.registry import EventType
 
 
@@ -24,8 +22,8 @@ class TicketCommentAddedLegacyComment(Shape):
     id: Uuid
     content: str
     author: str
-    isInternal: bool = Field(default=None)
-    authorType: Literal["internal", "client", "unknown"] = Field(default=None)
+    isInternal: Opt[bool] = None
+    authorType: Opt[Literal["internal", "client", "unknown"]] = None
 
 
 class TicketCommentAddedLegacy(Payload):
@@ -34,31 +32,31 @@ class TicketCommentAddedLegacy(Payload):
     tenantId: Uuid
     ticketId: Uuid
     userId: Uuid
-    assignedByUserId: Uuid = Field(default=None)
-    changes: dict[str, Any] = Field(default=None)
-    comment: TicketCommentAddedLegacyComment = Field(default=None)
+    assignedByUserId: Opt[Uuid] = None
+    changes: Opt[dict[str, Any]] = None
+    comment: Opt[TicketCommentAddedLegacyComment] = None
 
 
 class TicketCommentUpdatedLegacyComment(Shape):
     id: Uuid
     content: str
     author: str
-    isInternal: bool = Field(default=None)
-    authorType: Literal["internal", "client", "unknown"] = Field(default=None)
+    isInternal: Opt[bool] = None
+    authorType: Opt[Literal["internal", "client", "unknown"]] = None
 
 
 class TicketCommentUpdatedLegacyOldComment(Shape):
     id: Uuid
     content: str
     author: str
-    isInternal: bool = Field(default=None)
+    isInternal: Opt[bool] = None
 
 
 class TicketCommentUpdatedLegacyNewComment(Shape):
     id: Uuid
     content: str
     author: str
-    isInternal: bool = Field(default=None)
+    isInternal: Opt[bool] = None
 
 
 class TicketCommentUpdatedLegacy(Payload):
@@ -67,19 +65,19 @@ class TicketCommentUpdatedLegacy(Payload):
     tenantId: Uuid
     ticketId: Uuid
     userId: Uuid
-    assignedByUserId: Uuid = Field(default=None)
-    changes: dict[str, Any] = Field(default=None)
-    comment: TicketCommentUpdatedLegacyComment = Field(default=None)
-    oldComment: TicketCommentUpdatedLegacyOldComment = Field(default=None)
-    newComment: TicketCommentUpdatedLegacyNewComment = Field(default=None)
+    assignedByUserId: Opt[Uuid] = None
+    changes: Opt[dict[str, Any]] = None
+    comment: Opt[TicketCommentUpdatedLegacyComment] = None
+    oldComment: Opt[TicketCommentUpdatedLegacyOldComment] = None
+    newComment: Opt[TicketCommentUpdatedLegacyNewComment] = None
 
 
 class TicketDeletedLegacyComment(Shape):
     id: Uuid
     content: str
     author: str
-    isInternal: bool = Field(default=None)
-    authorType: Literal["internal", "client", "unknown"] = Field(default=None)
+    isInternal: Opt[bool] = None
+    authorType: Opt[Literal["internal", "client", "unknown"]] = None
 
 
 class TicketDeletedLegacy(Payload):
@@ -88,9 +86,9 @@ class TicketDeletedLegacy(Payload):
     tenantId: Uuid
     ticketId: Uuid
     userId: Uuid
-    assignedByUserId: Uuid = Field(default=None)
-    changes: dict[str, Any] = Field(default=None)
-    comment: TicketDeletedLegacyComment = Field(default=None)
+    assignedByUserId: Opt[Uuid] = None
+    changes: Opt[dict[str, Any]] = None
+    comment: Opt[TicketDeletedLegacyComment] = None
 
 
 class AppointmentRequestCreatedLegacy(Payload):
@@ -98,26 +96,26 @@ class AppointmentRequestCreatedLegacy(Payload):
 
     tenantId: Uuid
     appointmentRequestId: Uuid
-    clientId: Uuid = Field(default=None)
-    contactId: Uuid = Field(default=None)
-    clientUserId: Uuid = Field(default=None)
+    clientId: Opt[Uuid] = None
+    contactId: Opt[Uuid] = None
+    clientUserId: Opt[Uuid] = None
     serviceId: Uuid
     serviceName: str
     requestedDate: str
     requestedTime: str
     requestedDuration: float
-    preferredAssignedUserId: Uuid = Field(default=None)
+    preferredAssignedUserId: Opt[Uuid] = None
     isAuthenticated: bool
-    requesterName: str = Field(default=None)
+    requesterName: Opt[str] = None
     requesterEmail: str
-    requesterPhone: str = Field(default=None)
-    companyName: str = Field(default=None)
-    ticketId: Uuid = Field(default=None)
-    description: str = Field(default=None)
-    approvedByUserId: Uuid = Field(default=None)
-    assignedUserId: Uuid = Field(default=None)
-    scheduleEntryId: Uuid = Field(default=None)
-    declineReason: str = Field(default=None)
+    requesterPhone: Opt[str] = None
+    companyName: Opt[str] = None
+    ticketId: Opt[Uuid] = None
+    description: Opt[str] = None
+    approvedByUserId: Opt[Uuid] = None
+    assignedUserId: Opt[Uuid] = None
+    scheduleEntryId: Opt[Uuid] = None
+    declineReason: Opt[str] = None
 
 
 class AppointmentRequestApprovedLegacy(Payload):
@@ -125,26 +123,26 @@ class AppointmentRequestApprovedLegacy(Payload):
 
     tenantId: Uuid
     appointmentRequestId: Uuid
-    clientId: Uuid = Field(default=None)
-    contactId: Uuid = Field(default=None)
-    clientUserId: Uuid = Field(default=None)
+    clientId: Opt[Uuid] = None
+    contactId: Opt[Uuid] = None
+    clientUserId: Opt[Uuid] = None
     serviceId: Uuid
     serviceName: str
     requestedDate: str
     requestedTime: str
     requestedDuration: float
-    preferredAssignedUserId: Uuid = Field(default=None)
+    preferredAssignedUserId: Opt[Uuid] = None
     isAuthenticated: bool
-    requesterName: str = Field(default=None)
+    requesterName: Opt[str] = None
     requesterEmail: str
-    requesterPhone: str = Field(default=None)
-    companyName: str = Field(default=None)
-    ticketId: Uuid = Field(default=None)
-    description: str = Field(default=None)
-    approvedByUserId: Uuid = Field(default=None)
-    assignedUserId: Uuid = Field(default=None)
-    scheduleEntryId: Uuid = Field(default=None)
-    declineReason: str = Field(default=None)
+    requesterPhone: Opt[str] = None
+    companyName: Opt[str] = None
+    ticketId: Opt[Uuid] = None
+    description: Opt[str] = None
+    approvedByUserId: Opt[Uuid] = None
+    assignedUserId: Opt[Uuid] = None
+    scheduleEntryId: Opt[Uuid] = None
+    declineReason: Opt[str] = None
 
 
 class AppointmentRequestDeclinedLegacy(Payload):
@@ -152,26 +150,26 @@ class AppointmentRequestDeclinedLegacy(Payload):
 
     tenantId: Uuid
     appointmentRequestId: Uuid
-    clientId: Uuid = Field(default=None)
-    contactId: Uuid = Field(default=None)
-    clientUserId: Uuid = Field(default=None)
+    clientId: Opt[Uuid] = None
+    contactId: Opt[Uuid] = None
+    clientUserId: Opt[Uuid] = None
     serviceId: Uuid
     serviceName: str
     requestedDate: str
     requestedTime: str
     requestedDuration: float
-    preferredAssignedUserId: Uuid = Field(default=None)
+    preferredAssignedUserId: Opt[Uuid] = None
     isAuthenticated: bool
-    requesterName: str = Field(default=None)
+    requesterName: Opt[str] = None
     requesterEmail: str
-    requesterPhone: str = Field(default=None)
-    companyName: str = Field(default=None)
-    ticketId: Uuid = Field(default=None)
-    description: str = Field(default=None)
-    approvedByUserId: Uuid = Field(default=None)
-    assignedUserId: Uuid = Field(default=None)
-    scheduleEntryId: Uuid = Field(default=None)
-    declineReason: str = Field(default=None)
+    requesterPhone: Opt[str] = None
+    companyName: Opt[str] = None
+    ticketId: Opt[Uuid] = None
+    description: Opt[str] = None
+    approvedByUserId: Opt[Uuid] = None
+    assignedUserId: Opt[Uuid] = None
+    scheduleEntryId: Opt[Uuid] = None
+    declineReason: Opt[str] = None
 
 
 class AppointmentRequestCancelledLegacy(Payload):
@@ -179,26 +177,26 @@ class AppointmentRequestCancelledLegacy(Payload):
 
     tenantId: Uuid
     appointmentRequestId: Uuid
-    clientId: Uuid = Field(default=None)
-    contactId: Uuid = Field(default=None)
-    clientUserId: Uuid = Field(default=None)
+    clientId: Opt[Uuid] = None
+    contactId: Opt[Uuid] = None
+    clientUserId: Opt[Uuid] = None
     serviceId: Uuid
     serviceName: str
     requestedDate: str
     requestedTime: str
     requestedDuration: float
-    preferredAssignedUserId: Uuid = Field(default=None)
+    preferredAssignedUserId: Opt[Uuid] = None
     isAuthenticated: bool
-    requesterName: str = Field(default=None)
+    requesterName: Opt[str] = None
     requesterEmail: str
-    requesterPhone: str = Field(default=None)
-    companyName: str = Field(default=None)
-    ticketId: Uuid = Field(default=None)
-    description: str = Field(default=None)
-    approvedByUserId: Uuid = Field(default=None)
-    assignedUserId: Uuid = Field(default=None)
-    scheduleEntryId: Uuid = Field(default=None)
-    declineReason: str = Field(default=None)
+    requesterPhone: Opt[str] = None
+    companyName: Opt[str] = None
+    ticketId: Opt[Uuid] = None
+    description: Opt[str] = None
+    approvedByUserId: Opt[Uuid] = None
+    assignedUserId: Opt[Uuid] = None
+    scheduleEntryId: Opt[Uuid] = None
+    declineReason: Opt[str] = None
 
 
 class ScheduleEntryCreatedLegacy(Payload):
@@ -207,7 +205,7 @@ class ScheduleEntryCreatedLegacy(Payload):
     tenantId: Uuid
     entryId: Uuid
     userId: Uuid
-    changes: dict[str, Any] = Field(default=None)
+    changes: Opt[dict[str, Any]] = None
 
 
 class ScheduleEntryUpdatedLegacy(Payload):
@@ -216,7 +214,7 @@ class ScheduleEntryUpdatedLegacy(Payload):
     tenantId: Uuid
     entryId: Uuid
     userId: Uuid
-    changes: dict[str, Any] = Field(default=None)
+    changes: Opt[dict[str, Any]] = None
 
 
 class ScheduleEntryDeletedLegacy(Payload):
@@ -225,7 +223,7 @@ class ScheduleEntryDeletedLegacy(Payload):
     tenantId: Uuid
     entryId: Uuid
     userId: Uuid
-    changes: dict[str, Any] = Field(default=None)
+    changes: Opt[dict[str, Any]] = None
 
 
 class ProjectClosedLegacyChangesStatus(Shape):
@@ -243,7 +241,7 @@ class ProjectClosedLegacy(Payload):
     projectId: Uuid
     userId: Uuid
     changes: ProjectClosedLegacyChanges
-    assignedTo: Uuid = Field(default=None)
+    assignedTo: Opt[Uuid] = None
 
 
 class ProjectAssignedLegacy(Payload):
@@ -252,8 +250,8 @@ class ProjectAssignedLegacy(Payload):
     tenantId: Uuid
     projectId: Uuid
     userId: Uuid
-    changes: dict[str, Any] = Field(default=None)
-    assignedTo: Uuid = Field(default=None)
+    changes: Opt[dict[str, Any]] = None
+    assignedTo: Opt[Uuid] = None
 
 
 class ProjectTaskAdditionalAgentAssignedLegacy(Payload):
@@ -277,7 +275,7 @@ class TaskCommentAddedLegacy(Payload):
     taskCommentId: Uuid
     taskName: str
     commentContent: str
-    isUpdate: bool = Field(default=None)
+    isUpdate: Opt[bool] = None
 
 
 class TaskCommentUpdatedLegacy(Payload):
@@ -291,7 +289,7 @@ class TaskCommentUpdatedLegacy(Payload):
     taskName: str
     oldCommentContent: str
     newCommentContent: str
-    isUpdate: bool = Field(default=None)
+    isUpdate: Opt[bool] = None
 
 
 class TimeEntrySubmittedLegacy(Payload):
@@ -320,8 +318,8 @@ class SurveyInvitationSentLegacy(Payload):
     tenantId: Uuid
     invitationId: Uuid
     ticketId: Uuid
-    companyId: Uuid = Field(default=None)
-    contactId: Uuid = Field(default=None)
+    companyId: Opt[Uuid] = None
+    contactId: Opt[Uuid] = None
     surveyTokenHash: str
 
 
@@ -331,7 +329,7 @@ class SurveyResponseSubmittedLegacy(Payload):
     tenantId: Uuid
     responseId: Uuid
     ticketId: Uuid
-    companyId: Uuid = Field(default=None)
+    companyId: Opt[Uuid] = None
     rating: float
     hasComment: bool
 
@@ -343,18 +341,18 @@ class SurveyNegativeResponseLegacy(Payload):
     responseId: Uuid
     ticketId: Uuid
     ticketNumber: str
-    companyId: Uuid = Field(default=None)
-    companyName: str = Field(default=None)
-    contactName: str = Field(default=None)
+    companyId: Opt[Uuid] = None
+    companyName: Opt[str] = None
+    contactName: Opt[str] = None
     rating: float
-    comment: str = Field(default=None)
-    assignedTo: Uuid = Field(default=None)
+    comment: Opt[str] = None
+    assignedTo: Opt[Uuid] = None
 
 
 class AccountingExportCompletedLegacyError(Shape):
     message: str
-    status: str = Field(default=None)
-    code: str = Field(default=None)
+    status: Opt[str] = None
+    code: Opt[str] = None
 
 
 class AccountingExportCompletedLegacy(Payload):
@@ -363,14 +361,14 @@ class AccountingExportCompletedLegacy(Payload):
     tenantId: Uuid
     batchId: Uuid
     adapterType: str
-    deliveredLineIds: list[Uuid] = Field(default=None)
-    error: AccountingExportCompletedLegacyError = Field(default=None)
+    deliveredLineIds: Opt[list[Uuid]] = None
+    error: Opt[AccountingExportCompletedLegacyError] = None
 
 
 class AccountingExportFailedLegacyError(Shape):
     message: str
-    status: str = Field(default=None)
-    code: str = Field(default=None)
+    status: Opt[str] = None
+    code: Opt[str] = None
 
 
 class AccountingExportFailedLegacy(Payload):
@@ -379,13 +377,13 @@ class AccountingExportFailedLegacy(Payload):
     tenantId: Uuid
     batchId: Uuid
     adapterType: str
-    deliveredLineIds: list[Uuid] = Field(default=None)
-    error: AccountingExportFailedLegacyError = Field(default=None)
+    deliveredLineIds: Opt[list[Uuid]] = None
+    error: Opt[AccountingExportFailedLegacyError] = None
 
 
 class CalendarSyncStartedLegacyError(Shape):
     message: str
-    code: str = Field(default=None)
+    code: Opt[str] = None
 
 
 class CalendarSyncStartedLegacy(Payload):
@@ -393,15 +391,15 @@ class CalendarSyncStartedLegacy(Payload):
 
     tenantId: Uuid
     calendarProviderId: Uuid
-    scheduleEntryId: Uuid = Field(default=None)
-    externalEventId: str = Field(default=None)
+    scheduleEntryId: Opt[Uuid] = None
+    externalEventId: Opt[str] = None
     syncDirection: Literal["to_external", "from_external", "bidirectional"]
-    error: CalendarSyncStartedLegacyError = Field(default=None)
+    error: Opt[CalendarSyncStartedLegacyError] = None
 
 
 class CalendarSyncCompletedLegacyError(Shape):
     message: str
-    code: str = Field(default=None)
+    code: Opt[str] = None
 
 
 class CalendarSyncCompletedLegacy(Payload):
@@ -409,15 +407,15 @@ class CalendarSyncCompletedLegacy(Payload):
 
     tenantId: Uuid
     calendarProviderId: Uuid
-    scheduleEntryId: Uuid = Field(default=None)
-    externalEventId: str = Field(default=None)
+    scheduleEntryId: Opt[Uuid] = None
+    externalEventId: Opt[str] = None
     syncDirection: Literal["to_external", "from_external", "bidirectional"]
-    error: CalendarSyncCompletedLegacyError = Field(default=None)
+    error: Opt[CalendarSyncCompletedLegacyError] = None
 
 
 class CalendarSyncFailedLegacyError(Shape):
     message: str
-    code: str = Field(default=None)
+    code: Opt[str] = None
 
 
 class CalendarSyncFailedLegacy(Payload):
@@ -425,10 +423,10 @@ class CalendarSyncFailedLegacy(Payload):
 
     tenantId: Uuid
     calendarProviderId: Uuid
-    scheduleEntryId: Uuid = Field(default=None)
-    externalEventId: str = Field(default=None)
+    scheduleEntryId: Opt[Uuid] = None
+    externalEventId: Opt[str] = None
     syncDirection: Literal["to_external", "from_external", "bidirectional"]
-    error: CalendarSyncFailedLegacyError = Field(default=None)
+    error: Opt[CalendarSyncFailedLegacyError] = None
 
 
 class CalendarConflictDetectedLegacy(Payload):
@@ -450,7 +448,7 @@ class MessageSentLegacy(Payload):
     messageId: Uuid
     senderId: Uuid
     recipientId: Uuid
-    conversationId: Uuid = Field(default=None)
+    conversationId: Opt[Uuid] = None
     messagePreview: str
     senderName: str
 
@@ -463,10 +461,10 @@ class UserMentionedInDocumentLegacy(Payload):
     documentName: str
     userId: Uuid
     content: str
-    oldContent: str = Field(default=None)
-    newContent: str = Field(default=None)
-    isUpdate: bool = Field(default=None)
-    changes: dict[str, Any] = Field(default=None)
+    oldContent: Opt[str] = None
+    newContent: Opt[str] = None
+    isUpdate: Opt[bool] = None
+    changes: Opt[dict[str, Any]] = None
 
 
 class RmmDeviceCreatedLegacy(Payload):
@@ -475,12 +473,12 @@ class RmmDeviceCreatedLegacy(Payload):
     tenantId: Uuid
     integrationId: Uuid
     provider: str
-    assetId: Uuid = Field(default=None)
+    assetId: Opt[Uuid] = None
     externalDeviceId: str
-    externalOrganizationId: str = Field(default=None)
-    deviceName: str = Field(default=None)
-    deviceType: str = Field(default=None)
-    changes: dict[str, Any] = Field(default=None)
+    externalOrganizationId: Opt[str] = None
+    deviceName: Opt[str] = None
+    deviceType: Opt[str] = None
+    changes: Opt[dict[str, Any]] = None
 
 
 class RmmDeviceUpdatedLegacy(Payload):
@@ -489,12 +487,12 @@ class RmmDeviceUpdatedLegacy(Payload):
     tenantId: Uuid
     integrationId: Uuid
     provider: str
-    assetId: Uuid = Field(default=None)
+    assetId: Opt[Uuid] = None
     externalDeviceId: str
-    externalOrganizationId: str = Field(default=None)
-    deviceName: str = Field(default=None)
-    deviceType: str = Field(default=None)
-    changes: dict[str, Any] = Field(default=None)
+    externalOrganizationId: Opt[str] = None
+    deviceName: Opt[str] = None
+    deviceType: Opt[str] = None
+    changes: Opt[dict[str, Any]] = None
 
 
 class RmmDeviceDeletedLegacy(Payload):
@@ -503,12 +501,12 @@ class RmmDeviceDeletedLegacy(Payload):
     tenantId: Uuid
     integrationId: Uuid
     provider: str
-    assetId: Uuid = Field(default=None)
+    assetId: Opt[Uuid] = None
     externalDeviceId: str
-    externalOrganizationId: str = Field(default=None)
-    deviceName: str = Field(default=None)
-    deviceType: str = Field(default=None)
-    changes: dict[str, Any] = Field(default=None)
+    externalOrganizationId: Opt[str] = None
+    deviceName: Opt[str] = None
+    deviceType: Opt[str] = None
+    changes: Opt[dict[str, Any]] = None
 
 
 class RmmDeviceOnlineLegacy(Payload):
@@ -517,15 +515,15 @@ class RmmDeviceOnlineLegacy(Payload):
     tenantId: Uuid
     integrationId: Uuid
     provider: str
-    assetId: Uuid = Field(default=None)
+    assetId: Opt[Uuid] = None
     externalDeviceId: str
-    externalOrganizationId: str = Field(default=None)
-    deviceName: str = Field(default=None)
-    deviceType: str = Field(default=None)
-    changes: dict[str, Any] = Field(default=None)
-    previousStatus: str = Field(default=None)
+    externalOrganizationId: Opt[str] = None
+    deviceName: Opt[str] = None
+    deviceType: Opt[str] = None
+    changes: Opt[dict[str, Any]] = None
+    previousStatus: Opt[str] = None
     currentStatus: str
-    lastSeenAt: UtcDateTime = Field(default=None)
+    lastSeenAt: Opt[UtcDateTime] = None
 
 
 class RmmDeviceOfflineLegacy(Payload):
@@ -534,15 +532,15 @@ class RmmDeviceOfflineLegacy(Payload):
     tenantId: Uuid
     integrationId: Uuid
     provider: str
-    assetId: Uuid = Field(default=None)
+    assetId: Opt[Uuid] = None
     externalDeviceId: str
-    externalOrganizationId: str = Field(default=None)
-    deviceName: str = Field(default=None)
-    deviceType: str = Field(default=None)
-    changes: dict[str, Any] = Field(default=None)
-    previousStatus: str = Field(default=None)
+    externalOrganizationId: Opt[str] = None
+    deviceName: Opt[str] = None
+    deviceType: Opt[str] = None
+    changes: Opt[dict[str, Any]] = None
+    previousStatus: Opt[str] = None
     currentStatus: str
-    lastSeenAt: UtcDateTime = Field(default=None)
+    lastSeenAt: Opt[UtcDateTime] = None
 
 
 class RmmAlertTriggeredLegacy(Payload):
@@ -553,16 +551,16 @@ class RmmAlertTriggeredLegacy(Payload):
     provider: str
     alertId: Uuid
     externalAlertId: str
-    externalDeviceId: str = Field(default=None)
-    assetId: Uuid = Field(default=None)
-    ticketId: Uuid = Field(default=None)
+    externalDeviceId: Opt[str] = None
+    assetId: Opt[Uuid] = None
+    ticketId: Opt[Uuid] = None
     severity: str
-    priority: str = Field(default=None)
-    message: str = Field(default=None)
-    sourceType: str = Field(default=None)
-    alertClass: str = Field(default=None)
-    triggeredAt: UtcDateTime = Field(default=None)
-    resolvedAt: UtcDateTime = Field(default=None)
+    priority: Opt[str] = None
+    message: Opt[str] = None
+    sourceType: Opt[str] = None
+    alertClass: Opt[str] = None
+    triggeredAt: Opt[UtcDateTime] = None
+    resolvedAt: Opt[UtcDateTime] = None
 
 
 class RmmAlertResolvedLegacy(Payload):
@@ -573,21 +571,21 @@ class RmmAlertResolvedLegacy(Payload):
     provider: str
     alertId: Uuid
     externalAlertId: str
-    externalDeviceId: str = Field(default=None)
-    assetId: Uuid = Field(default=None)
-    ticketId: Uuid = Field(default=None)
+    externalDeviceId: Opt[str] = None
+    assetId: Opt[Uuid] = None
+    ticketId: Opt[Uuid] = None
     severity: str
-    priority: str = Field(default=None)
-    message: str = Field(default=None)
-    sourceType: str = Field(default=None)
-    alertClass: str = Field(default=None)
-    triggeredAt: UtcDateTime = Field(default=None)
-    resolvedAt: UtcDateTime = Field(default=None)
+    priority: Opt[str] = None
+    message: Opt[str] = None
+    sourceType: Opt[str] = None
+    alertClass: Opt[str] = None
+    triggeredAt: Opt[UtcDateTime] = None
+    resolvedAt: Opt[UtcDateTime] = None
 
 
 class RmmSyncStartedLegacyError(Shape):
     message: str
-    code: str = Field(default=None)
+    code: Opt[str] = None
 
 
 class RmmSyncStartedLegacy(Payload):
@@ -597,16 +595,16 @@ class RmmSyncStartedLegacy(Payload):
     integrationId: Uuid
     provider: str
     syncType: Literal["full", "incremental", "organizations", "devices", "alerts"]
-    itemsProcessed: float = Field(default=None)
-    itemsCreated: float = Field(default=None)
-    itemsUpdated: float = Field(default=None)
-    itemsFailed: float = Field(default=None)
-    error: RmmSyncStartedLegacyError = Field(default=None)
+    itemsProcessed: Opt[float] = None
+    itemsCreated: Opt[float] = None
+    itemsUpdated: Opt[float] = None
+    itemsFailed: Opt[float] = None
+    error: Opt[RmmSyncStartedLegacyError] = None
 
 
 class RmmSyncCompletedLegacyError(Shape):
     message: str
-    code: str = Field(default=None)
+    code: Opt[str] = None
 
 
 class RmmSyncCompletedLegacy(Payload):
@@ -616,16 +614,16 @@ class RmmSyncCompletedLegacy(Payload):
     integrationId: Uuid
     provider: str
     syncType: Literal["full", "incremental", "organizations", "devices", "alerts"]
-    itemsProcessed: float = Field(default=None)
-    itemsCreated: float = Field(default=None)
-    itemsUpdated: float = Field(default=None)
-    itemsFailed: float = Field(default=None)
-    error: RmmSyncCompletedLegacyError = Field(default=None)
+    itemsProcessed: Opt[float] = None
+    itemsCreated: Opt[float] = None
+    itemsUpdated: Opt[float] = None
+    itemsFailed: Opt[float] = None
+    error: Opt[RmmSyncCompletedLegacyError] = None
 
 
 class RmmSyncFailedLegacyError(Shape):
     message: str
-    code: str = Field(default=None)
+    code: Opt[str] = None
 
 
 class RmmSyncFailedLegacy(Payload):
@@ -635,11 +633,11 @@ class RmmSyncFailedLegacy(Payload):
     integrationId: Uuid
     provider: str
     syncType: Literal["full", "incremental", "organizations", "devices", "alerts"]
-    itemsProcessed: float = Field(default=None)
-    itemsCreated: float = Field(default=None)
-    itemsUpdated: float = Field(default=None)
-    itemsFailed: float = Field(default=None)
-    error: RmmSyncFailedLegacyError = Field(default=None)
+    itemsProcessed: Opt[float] = None
+    itemsCreated: Opt[float] = None
+    itemsUpdated: Opt[float] = None
+    itemsFailed: Opt[float] = None
+    error: Opt[RmmSyncFailedLegacyError] = None
 
 
 class RmmWebhookReceivedLegacy(Payload):
@@ -649,8 +647,8 @@ class RmmWebhookReceivedLegacy(Payload):
     integrationId: Uuid
     provider: str
     webhookEventType: str
-    externalDeviceId: str = Field(default=None)
-    assetId: Uuid = Field(default=None)
+    externalDeviceId: Opt[str] = None
+    assetId: Opt[Uuid] = None
     rawPayload: dict[str, Any]
 
 
@@ -658,16 +656,16 @@ class CustomEventLegacy(Payload):
     """legacy.CustomEvent.v1: Custom Event."""
 
     tenantId: Uuid
-    userId: str = Field(default=None)
-    eventName: str = Field(default=None)
+    userId: Opt[str] = None
+    eventName: Opt[str] = None
 
 
 class UnknownLegacy(Payload):
     """legacy.Unknown.v1: Unknown."""
 
     tenantId: Uuid
-    userId: str = Field(default=None)
-    eventName: str = Field(default=None)
+    userId: Opt[str] = None
+    eventName: Opt[str] = None
 
 
 EVENTS: list[EventType] = [
@@ -678,7 +676,7 @@ EVENTS: list[EventType] = [
         name="Ticket Additional Agent Assigned",
         category=None,
         module="tickets",
-        description="An extra (secondary) agent was added to a ticket.",
+        description="Signals that a secondary agent was added to a ticket alongside its main owner. Includes primaryAgentId, additionalAgentId and assignedByUserId, useful for notifying the helper.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -689,7 +687,7 @@ EVENTS: list[EventType] = [
         name="Ticket Comment Added",
         category=None,
         module="tickets",
-        description="Legacy: a comment was added to a ticket (feeds email/in-app notifications).",
+        description="Older event raised when someone posts a ticket comment; email and in-app notifications still rely on it. Workflows should instead use TICKET_MESSAGE_ADDED, TICKET_CUSTOMER_REPLIED or TICKET_INTERNAL_NOTE_ADDED.",
         kind="legacy-bus",
         in_system_catalog=False,
         superseded_by=("TICKET_MESSAGE_ADDED", "TICKET_CUSTOMER_REPLIED", "TICKET_INTERNAL_NOTE_ADDED"),
@@ -701,7 +699,7 @@ EVENTS: list[EventType] = [
         name="Ticket Comment Updated",
         category=None,
         module="tickets",
-        description="Legacy: a ticket comment was edited.",
+        description="Legacy event fired when an existing ticket comment is edited. The payload may include oldComment and newComment so the before and after text can be compared.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -712,7 +710,7 @@ EVENTS: list[EventType] = [
         name="Ticket Deleted",
         category=None,
         module="tickets",
-        description="A ticket was deleted.",
+        description="Emitted when a ticket is deleted. Carries ticketId and the userId who removed it, useful for cleaning up linked records or external references.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -723,7 +721,7 @@ EVENTS: list[EventType] = [
         name="Appointment Request Created",
         category=None,
         module="scheduling",
-        description="A client submitted an appointment request (portal/public booking).",
+        description="Emitted when a client asks for an appointment via the portal or public booking page. Carries serviceId, requestedDate, requestedTime, requestedDuration and requester contact details.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -734,7 +732,7 @@ EVENTS: list[EventType] = [
         name="Appointment Request Approved",
         category=None,
         module="scheduling",
-        description="Staff approved an appointment request (usually creating a schedule entry).",
+        description="Signals that staff accepted an appointment request, usually creating a schedule entry referenced by scheduleEntryId. For workflows, APPOINTMENT_CREATED is the canonical event to use.",
         kind="legacy-bus",
         in_system_catalog=False,
         superseded_by=("APPOINTMENT_CREATED",),
@@ -746,7 +744,7 @@ EVENTS: list[EventType] = [
         name="Appointment Request Declined",
         category=None,
         module="scheduling",
-        description="Staff declined an appointment request.",
+        description="Fires when staff turn down a client's appointment request. The payload includes an optional declineReason and requesterEmail, so the requester can be informed.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -757,7 +755,7 @@ EVENTS: list[EventType] = [
         name="Appointment Request Cancelled",
         category=None,
         module="scheduling",
-        description="An appointment request was withdrawn.",
+        description="Emitted when an appointment request is withdrawn, identified by appointmentRequestId. Workflows should rely on APPOINTMENT_CANCELED as the canonical cancellation event.",
         kind="legacy-bus",
         in_system_catalog=False,
         superseded_by=("APPOINTMENT_CANCELED",),
@@ -769,7 +767,7 @@ EVENTS: list[EventType] = [
         name="Schedule Entry Created",
         category=None,
         module="scheduling",
-        description="Low-level: a calendar/schedule entry was created (calendar sync uses it).",
+        description="Low-level event for a new calendar entry, carrying entryId, userId and changes; calendar sync depends on it. For workflows, APPOINTMENT_CREATED is the canonical event.",
         kind="legacy-bus",
         in_system_catalog=False,
         superseded_by=("APPOINTMENT_CREATED",),
@@ -781,7 +779,7 @@ EVENTS: list[EventType] = [
         name="Schedule Entry Updated",
         category=None,
         module="scheduling",
-        description="Low-level: a schedule entry was modified.",
+        description="Low-level event for any change to a schedule entry, with entryId and changes. Workflows should use the specific APPOINTMENT_RESCHEDULED, CANCELED, COMPLETED, NO_SHOW or ASSIGNED events instead.",
         kind="legacy-bus",
         in_system_catalog=False,
         superseded_by=(
@@ -799,7 +797,7 @@ EVENTS: list[EventType] = [
         name="Schedule Entry Deleted",
         category=None,
         module="scheduling",
-        description="Low-level: a schedule entry was deleted.",
+        description="Low-level event for a schedule entry being removed, with entryId, userId and changes. For workflows, APPOINTMENT_CANCELED is the canonical event.",
         kind="legacy-bus",
         in_system_catalog=False,
         superseded_by=("APPOINTMENT_CANCELED",),
@@ -811,7 +809,7 @@ EVENTS: list[EventType] = [
         name="Project Closed",
         category=None,
         module="projects",
-        description="A project moved to a closed status.",
+        description="Fires when a project is wrapped up and set to a finished state. Includes projectId, userId, a required changes object and optional assignedTo, useful for final billing or wrap-up steps.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -822,7 +820,7 @@ EVENTS: list[EventType] = [
         name="Project Assigned",
         category=None,
         module="projects",
-        description="A project was given to a user (project manager).",
+        description="Signals that a project was handed to a user acting as project manager. Carries projectId, userId and an optional assignedTo field naming the new manager.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -833,7 +831,7 @@ EVENTS: list[EventType] = [
         name="Project Task Additional Agent Assigned",
         category=None,
         module="projects",
-        description="An extra agent was added to a project task.",
+        description="Fires when a secondary agent is added to a project task. Includes projectId, taskId, primaryAgentId, additionalAgentId and assignedByUserId.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -844,7 +842,7 @@ EVENTS: list[EventType] = [
         name="Task Comment Added",
         category=None,
         module="projects",
-        description="A comment (possibly with mentions) was added on a project task.",
+        description="Emitted when someone comments on a project task, possibly mentioning colleagues. Carries taskCommentId, taskName and commentContent, so mentioned users can be notified.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -855,7 +853,7 @@ EVENTS: list[EventType] = [
         name="Task Comment Updated",
         category=None,
         module="projects",
-        description="A project task comment was edited.",
+        description="Signals that a comment on a project task was edited. Provides oldCommentContent and newCommentContent, useful for spotting newly added mentions.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -866,7 +864,7 @@ EVENTS: list[EventType] = [
         name="Time Entry Submitted",
         category=None,
         module="time",
-        description="A time entry/timesheet was submitted for approval.",
+        description="Fires when a time entry or timesheet is sent for approval. Includes workItemId and workItemType, indicating whether the time was logged against a ticket or a project task.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -877,7 +875,7 @@ EVENTS: list[EventType] = [
         name="Time Entry Approved",
         category=None,
         module="time",
-        description="A time entry/timesheet was approved.",
+        description="Emitted when a submitted time entry or timesheet is approved. Carries timeEntryId, userId and workItemType, a natural trigger for moving the hours into billing.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -888,7 +886,7 @@ EVENTS: list[EventType] = [
         name="Survey Invitation Sent",
         category=None,
         module="surveys",
-        description="Legacy survey: a satisfaction invitation was sent for a ticket.",
+        description="Older survey event raised when a customer is asked to rate their experience on a ticket. Carries invitationId, ticketId and a surveyTokenHash; the newer SURVEY_SENT covers the same step in the Surveys group.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -899,7 +897,7 @@ EVENTS: list[EventType] = [
         name="Survey Response Submitted",
         category=None,
         module="surveys",
-        description="Legacy survey: a rating was submitted.",
+        description="Older survey event recording a rating submitted for a ticket. Includes responseId, rating and a hasComment flag; compare SURVEY_RESPONSE_RECEIVED in the newer survey events.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -910,7 +908,7 @@ EVENTS: list[EventType] = [
         name="Survey Negative Response",
         category=None,
         module="surveys",
-        description="Legacy survey: a low rating came in (alerting path).",
+        description="Older survey event used for alerting when a low rating arrives. Carries ticketNumber, rating, optional comment and assignedTo, so the responsible agent can follow up.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -921,7 +919,7 @@ EVENTS: list[EventType] = [
         name="Accounting Export Completed",
         category=None,
         module="integrations",
-        description="An accounting export batch (e.g. to QuickBooks/Xero) was delivered.",
+        description="Emitted when an accounting export batch, for example to QuickBooks or Xero, is delivered. Includes batchId, adapterType and the deliveredLineIds that made it through.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -932,7 +930,7 @@ EVENTS: list[EventType] = [
         name="Accounting Export Failed",
         category=None,
         module="integrations",
-        description="An accounting export batch failed.",
+        description="Fires when an accounting export batch could not be delivered. Carries batchId, adapterType and an error field describing what went wrong.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -943,7 +941,7 @@ EVENTS: list[EventType] = [
         name="Calendar Sync Started",
         category=None,
         module="integrations",
-        description="Calendar sync with an external calendar began for an entry/provider.",
+        description="Signals that syncing with an external calendar began for a provider or entry. Includes calendarProviderId and syncDirection: to_external, from_external or bidirectional.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -954,7 +952,7 @@ EVENTS: list[EventType] = [
         name="Calendar Sync Completed",
         category=None,
         module="integrations",
-        description="Calendar sync finished.",
+        description="Emitted when a calendar sync finishes. Carries calendarProviderId, syncDirection and optional scheduleEntryId and externalEventId linking the local and external entries.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -965,7 +963,7 @@ EVENTS: list[EventType] = [
         name="Calendar Sync Failed",
         category=None,
         module="integrations",
-        description="Calendar sync failed.",
+        description="Fires when a calendar sync fails. Includes calendarProviderId, syncDirection and an error field explaining the failure.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -976,7 +974,7 @@ EVENTS: list[EventType] = [
         name="Calendar Conflict Detected",
         category=None,
         module="integrations",
-        description="An entry was changed both locally and in the external calendar.",
+        description="Raised when the same schedule entry was edited both here and in the linked external calendar, so the two disagree. Provides algaLastModified and externalLastModified timestamps to help decide which version wins.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -987,7 +985,7 @@ EVENTS: list[EventType] = [
         name="Message Sent",
         category=None,
         module="messaging",
-        description="An internal direct message was sent to a user.",
+        description="Emitted when one user sends another a direct internal message. Carries senderId, recipientId, senderName, optional conversationId and a messagePreview for notifications.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -998,7 +996,7 @@ EVENTS: list[EventType] = [
         name="User Mentioned In Document",
         category=None,
         module="documents",
-        description="A user was @-mentioned in a document.",
+        description="Emitted when a document's text tags a specific user with an @ reference. Includes documentId, documentName, the mentioned userId and content, with oldContent and newContent when an edit added the mention.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -1009,7 +1007,7 @@ EVENTS: list[EventType] = [
         name="RMM Device Created",
         category=None,
         module="integrations",
-        description="RMM (e.g. NinjaOne) reported a new device.",
+        description="Emitted when an RMM tool such as NinjaOne reports a new device. Carries integrationId, provider, externalDeviceId and optional assetId linking it to a local asset.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -1020,7 +1018,7 @@ EVENTS: list[EventType] = [
         name="RMM Device Updated",
         category=None,
         module="integrations",
-        description="RMM reported a device change.",
+        description="Signals that the RMM provider reported a change to a device. Includes externalDeviceId, optional deviceName and deviceType, and a changes object.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -1031,7 +1029,7 @@ EVENTS: list[EventType] = [
         name="RMM Device Deleted",
         category=None,
         module="integrations",
-        description="RMM reported a device removal.",
+        description="Fires when the RMM provider reports that a device was removed. Carries externalDeviceId and optional assetId, useful for retiring the matching local asset.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -1042,7 +1040,7 @@ EVENTS: list[EventType] = [
         name="RMM Device Online",
         category=None,
         module="integrations",
-        description="An RMM-managed device came online.",
+        description="Fires when a device watched through the RMM integration starts reporting in again. Includes previousStatus, currentStatus and lastSeenAt, for example to close an offline alert ticket.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -1053,7 +1051,7 @@ EVENTS: list[EventType] = [
         name="RMM Device Offline",
         category=None,
         module="integrations",
-        description="An RMM-managed device went offline.",
+        description="Emitted when a device monitored through the RMM integration stops reporting in. Carries currentStatus, optional previousStatus and lastSeenAt, a common trigger for opening a ticket about the device.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -1064,7 +1062,7 @@ EVENTS: list[EventType] = [
         name="RMM Alert Triggered",
         category=None,
         module="integrations",
-        description="An RMM alert fired for a device.",
+        description="Fires when the RMM platform raises an alert for a device. Includes severity, optional priority, message and alertClass, plus an optional ticketId if a ticket was created.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -1075,7 +1073,7 @@ EVENTS: list[EventType] = [
         name="RMM Alert Resolved",
         category=None,
         module="integrations",
-        description="An RMM alert cleared.",
+        description="Emitted when an RMM alert clears. Carries alertId, externalAlertId, resolvedAt and optional ticketId, so a linked ticket can be closed automatically.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -1086,7 +1084,7 @@ EVENTS: list[EventType] = [
         name="RMM Sync Started",
         category=None,
         module="integrations",
-        description="An RMM data sync began.",
+        description="Marks the start of a data sync with the RMM provider. The syncType field says whether it is full, incremental, or limited to organizations, devices or alerts.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -1097,7 +1095,7 @@ EVENTS: list[EventType] = [
         name="RMM Sync Completed",
         category=None,
         module="integrations",
-        description="An RMM data sync finished with item counts.",
+        description="Signals that an RMM data sync finished. Reports itemsProcessed, itemsCreated, itemsUpdated and itemsFailed counts for the given syncType.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -1108,7 +1106,7 @@ EVENTS: list[EventType] = [
         name="RMM Sync Failed",
         category=None,
         module="integrations",
-        description="An RMM data sync failed.",
+        description="Fires when an RMM data sync fails. Carries syncType, an error field and any partial item counts, useful for alerting whoever maintains the integration.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -1119,7 +1117,7 @@ EVENTS: list[EventType] = [
         name="RMM Webhook Received",
         category=None,
         module="integrations",
-        description="A raw webhook from the RMM provider arrived.",
+        description="Emitted when a raw webhook arrives from the RMM provider. Includes webhookEventType, optional externalDeviceId and assetId, and the unprocessed rawPayload.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -1130,7 +1128,7 @@ EVENTS: list[EventType] = [
         name="Custom Event",
         category=None,
         module="generic",
-        description="Free-form test/custom event; payload accepts arbitrary extra keys.",
+        description="Free-form event type for tests and custom integrations. The payload allows arbitrary extra keys beyond optional userId and eventName, so workflows must check fields themselves.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),
@@ -1141,7 +1139,7 @@ EVENTS: list[EventType] = [
         name="Unknown",
         category=None,
         module="generic",
-        description="Catch-all type for unrecognised/custom events (same loose payload as CUSTOM_EVENT).",
+        description="Catch-all type for events the system does not recognise. It uses the same loose payload as CUSTOM_EVENT, with optional userId and eventName plus any extra keys.",
         kind="legacy-bus",
         in_system_catalog=False,
     ),

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
-
-from schemas.base import NonEmptyStr, Payload, UtcDateTime, Uuid
+from schemas.base import NonEmptyStr, Opt, Payload, UtcDateTime, Uuid
 from schemas.registry import EventType
 
 
@@ -15,12 +13,12 @@ class FileUploadedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     fileId: Uuid
-    uploadedByUserId: Uuid = Field(default=None)
-    uploadedAt: UtcDateTime = Field(default=None)
+    uploadedByUserId: Opt[Uuid] = None
+    uploadedAt: Opt[UtcDateTime] = None
     fileName: str
     contentType: str
     sizeBytes: int
@@ -32,13 +30,13 @@ class MediaProcessingSucceededV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     fileId: Uuid
-    processedAt: UtcDateTime = Field(default=None)
-    outputs: list[Any] = Field(default=None)
-    durationMs: int = Field(default=None)
+    processedAt: Opt[UtcDateTime] = None
+    outputs: Opt[list[Any]] = None
+    durationMs: Opt[int] = None
 
 
 class MediaProcessingFailedV1(Payload):
@@ -46,14 +44,14 @@ class MediaProcessingFailedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     fileId: Uuid
-    failedAt: UtcDateTime = Field(default=None)
-    errorCode: str = Field(default=None)
+    failedAt: Opt[UtcDateTime] = None
+    errorCode: Opt[str] = None
     errorMessage: str
-    retryable: bool = Field(default=None)
+    retryable: Opt[bool] = None
 
 
 EVENTS: list[EventType] = [
@@ -64,7 +62,7 @@ EVENTS: list[EventType] = [
         name="File Uploaded",
         category="Media",
         module="media",
-        description="A file entered the media/storage pipeline.",
+        description="Emitted when an uploaded file is received for storage and media handling. Carries fileId, fileName, contentType, sizeBytes and storageKey, and typically precedes thumbnail or preview processing.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -75,7 +73,7 @@ EVENTS: list[EventType] = [
         name="Media Processing Succeeded",
         category="Media",
         module="media",
-        description="Post-upload processing (thumbnail/preview) finished.",
+        description="Signals that post-upload processing such as thumbnail or preview generation finished. Includes fileId, optional outputs and durationMs.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -86,7 +84,7 @@ EVENTS: list[EventType] = [
         name="Media Processing Failed",
         category="Media",
         module="media",
-        description="Post-upload processing (thumbnail/preview) failed.",
+        description="Emitted when thumbnail or preview generation for an uploaded file fails. Provides errorMessage, optional errorCode and a retryable flag.",
         kind="domain-v2",
         in_system_catalog=True,
     ),

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
-from schemas.base import NonEmptyStr, Payload, UtcDateTime, Uuid
+from schemas.base import NonEmptyStr, Opt, Payload, UtcDateTime, Uuid
 from schemas.registry import EventType
 
 
@@ -15,16 +13,16 @@ class NotificationSentV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     notificationId: Uuid
     channel: Literal["email", "sms", "in_app", "push"]
     recipientId: str
-    sentAt: UtcDateTime = Field(default=None)
-    templateId: str = Field(default=None)
-    contextType: str = Field(default=None)
-    contextId: str = Field(default=None)
+    sentAt: Opt[UtcDateTime] = None
+    templateId: Opt[str] = None
+    contextType: Opt[str] = None
+    contextId: Opt[str] = None
 
 
 class NotificationDeliveredV1(Payload):
@@ -32,14 +30,14 @@ class NotificationDeliveredV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     notificationId: Uuid
     channel: Literal["email", "sms", "in_app", "push"]
     recipientId: str
-    deliveredAt: UtcDateTime = Field(default=None)
-    providerMessageId: str = Field(default=None)
+    deliveredAt: Opt[UtcDateTime] = None
+    providerMessageId: Opt[str] = None
 
 
 class NotificationFailedV1(Payload):
@@ -47,16 +45,16 @@ class NotificationFailedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     notificationId: Uuid
     channel: Literal["email", "sms", "in_app", "push"]
     recipientId: str
-    failedAt: UtcDateTime = Field(default=None)
-    errorCode: str = Field(default=None)
+    failedAt: Opt[UtcDateTime] = None
+    errorCode: Opt[str] = None
     errorMessage: str
-    retryable: bool = Field(default=None)
+    retryable: Opt[bool] = None
 
 
 class NotificationReadV1(Payload):
@@ -64,14 +62,14 @@ class NotificationReadV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     notificationId: Uuid
     channel: Literal["email", "sms", "in_app", "push"]
     recipientId: str
-    readAt: UtcDateTime = Field(default=None)
-    client: str = Field(default=None)
+    readAt: Opt[UtcDateTime] = None
+    client: Opt[str] = None
 
 
 EVENTS: list[EventType] = [
@@ -82,7 +80,7 @@ EVENTS: list[EventType] = [
         name="Notification Sent",
         category="Notifications",
         module="notifications",
-        description="A notification was created/sent on a channel.",
+        description="Emitted when a notification is created and sent over email, SMS, in-app or push. Includes recipientId, optional templateId, and contextType and contextId pointing to the related record.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -93,7 +91,7 @@ EVENTS: list[EventType] = [
         name="Notification Delivered",
         category="Notifications",
         module="notifications",
-        description="A notification delivery was confirmed.",
+        description="Signals that delivery of a notification was confirmed on its channel. Carries notificationId, recipientId, deliveredAt and an optional providerMessageId.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -104,7 +102,7 @@ EVENTS: list[EventType] = [
         name="Notification Failed",
         category="Notifications",
         module="notifications",
-        description="A notification could not be delivered.",
+        description="Emitted when delivery of a notification fails. Provides the channel, errorMessage, optional errorCode and a retryable flag so a fallback channel can be tried.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -115,7 +113,7 @@ EVENTS: list[EventType] = [
         name="Notification Read",
         category="Notifications",
         module="notifications",
-        description="The recipient opened/read a notification.",
+        description="Emitted when the recipient opens or reads a notification. Includes readAt and an optional client field, useful for measuring engagement or cancelling reminders.",
         kind="domain-v2",
         in_system_catalog=True,
     ),

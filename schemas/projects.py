@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
-
-from schemas.base import NonEmptyStr, Payload, Shape, UtcDateTime, Uuid
+from schemas.base import NonEmptyStr, Opt, Payload, Shape, UtcDateTime, Uuid
 from schemas.registry import EventType
 
 
 class ProjectUpdatedV1ChangesValue(Shape):
-    previous: Any = Field(default=None)
-    new: Any = Field(default=None)
+    previous: Opt[Any] = None
+    new: Opt[Any] = None
 
 
 class ProjectUpdatedV1(Payload):
@@ -20,13 +18,13 @@ class ProjectUpdatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     projectId: Uuid
-    updatedAt: UtcDateTime = Field(default=None)
-    updatedFields: list[str] = Field(default=None)
-    changes: dict[str, ProjectUpdatedV1ChangesValue] = Field(default=None)
+    updatedAt: Opt[UtcDateTime] = None
+    updatedFields: Opt[list[str]] = None
+    changes: Opt[dict[str, ProjectUpdatedV1ChangesValue]] = None
 
 
 class ProjectUpdatedLegacy(Payload):
@@ -35,8 +33,8 @@ class ProjectUpdatedLegacy(Payload):
     tenantId: Uuid
     projectId: Uuid
     userId: Uuid
-    changes: dict[str, Any] = Field(default=None)
-    assignedTo: Uuid = Field(default=None)
+    changes: Opt[dict[str, Any]] = None
+    assignedTo: Opt[Uuid] = None
 
 
 class ProjectStatusChangedV1(Payload):
@@ -44,13 +42,13 @@ class ProjectStatusChangedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     projectId: Uuid
     previousStatus: str
     newStatus: str
-    changedAt: UtcDateTime = Field(default=None)
+    changedAt: Opt[UtcDateTime] = None
 
 
 class ProjectTaskCreatedV1(Payload):
@@ -58,15 +56,15 @@ class ProjectTaskCreatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     taskId: Uuid
     projectId: Uuid
-    createdByUserId: Uuid = Field(default=None)
-    createdAt: UtcDateTime = Field(default=None)
+    createdByUserId: Opt[Uuid] = None
+    createdAt: Opt[UtcDateTime] = None
     title: str
-    dueDate: str = Field(default=None)
+    dueDate: Opt[str] = None
     status: str
 
 
@@ -75,15 +73,15 @@ class ProjectTaskAssignedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     taskId: Uuid
     projectId: Uuid
     assignedToId: Uuid
     assignedToType: Literal["user", "team"]
-    assignedByUserId: Uuid = Field(default=None)
-    assignedAt: UtcDateTime = Field(default=None)
+    assignedByUserId: Opt[Uuid] = None
+    assignedAt: Opt[UtcDateTime] = None
 
 
 class ProjectTaskAssignedLegacy(Payload):
@@ -94,7 +92,7 @@ class ProjectTaskAssignedLegacy(Payload):
     taskId: Uuid
     userId: Uuid
     assignedTo: Uuid
-    additionalUsers: list[Uuid] = Field(default=None)
+    additionalUsers: Opt[list[Uuid]] = None
 
 
 class ProjectTaskStatusChangedV1(Payload):
@@ -102,14 +100,14 @@ class ProjectTaskStatusChangedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     taskId: Uuid
     projectId: Uuid
     previousStatus: str
     newStatus: str
-    changedAt: UtcDateTime = Field(default=None)
+    changedAt: Opt[UtcDateTime] = None
 
 
 class ProjectTaskCompletedV1(Payload):
@@ -117,13 +115,13 @@ class ProjectTaskCompletedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     taskId: Uuid
     projectId: Uuid
-    completedByUserId: Uuid = Field(default=None)
-    completedAt: UtcDateTime = Field(default=None)
+    completedByUserId: Opt[Uuid] = None
+    completedAt: Opt[UtcDateTime] = None
 
 
 class ProjectTaskDependencyBlockedV1(Payload):
@@ -131,13 +129,13 @@ class ProjectTaskDependencyBlockedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     taskId: Uuid
     projectId: Uuid
     blockedByTaskId: Uuid
-    blockedAt: UtcDateTime = Field(default=None)
+    blockedAt: Opt[UtcDateTime] = None
 
 
 class ProjectTaskDependencyUnblockedV1(Payload):
@@ -145,13 +143,13 @@ class ProjectTaskDependencyUnblockedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     taskId: Uuid
     projectId: Uuid
     unblockedByTaskId: Uuid
-    unblockedAt: UtcDateTime = Field(default=None)
+    unblockedAt: Opt[UtcDateTime] = None
 
 
 class ProjectApprovalRequestedV1(Payload):
@@ -159,15 +157,15 @@ class ProjectApprovalRequestedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     approvalId: Uuid
     projectId: Uuid
     approvalType: str
-    requestedByUserId: Uuid = Field(default=None)
-    requestedAt: UtcDateTime = Field(default=None)
-    notes: str = Field(default=None)
+    requestedByUserId: Opt[Uuid] = None
+    requestedAt: Opt[UtcDateTime] = None
+    notes: Opt[str] = None
 
 
 class ProjectApprovalGrantedV1(Payload):
@@ -175,15 +173,15 @@ class ProjectApprovalGrantedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     approvalId: Uuid
     projectId: Uuid
     approvalType: str
-    approvedByUserId: Uuid = Field(default=None)
-    approvedAt: UtcDateTime = Field(default=None)
-    notes: str = Field(default=None)
+    approvedByUserId: Opt[Uuid] = None
+    approvedAt: Opt[UtcDateTime] = None
+    notes: Opt[str] = None
 
 
 class ProjectApprovalRejectedV1(Payload):
@@ -191,15 +189,15 @@ class ProjectApprovalRejectedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     approvalId: Uuid
     projectId: Uuid
     approvalType: str
-    rejectedByUserId: Uuid = Field(default=None)
-    rejectedAt: UtcDateTime = Field(default=None)
-    reason: str = Field(default=None)
+    rejectedByUserId: Opt[Uuid] = None
+    rejectedAt: Opt[UtcDateTime] = None
+    reason: Opt[str] = None
 
 
 class ProjectCreatedV1(Payload):
@@ -207,12 +205,12 @@ class ProjectCreatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     projectId: Uuid
-    createdByUserId: Uuid = Field(default=None)
-    createdAt: UtcDateTime = Field(default=None)
+    createdByUserId: Opt[Uuid] = None
+    createdAt: Opt[UtcDateTime] = None
 
 
 class ProjectCreatedLegacy(Payload):
@@ -221,8 +219,8 @@ class ProjectCreatedLegacy(Payload):
     tenantId: Uuid
     projectId: Uuid
     userId: Uuid
-    changes: dict[str, Any] = Field(default=None)
-    assignedTo: Uuid = Field(default=None)
+    changes: Opt[dict[str, Any]] = None
+    assignedTo: Opt[Uuid] = None
 
 
 EVENTS: list[EventType] = [
@@ -233,7 +231,7 @@ EVENTS: list[EventType] = [
         name="Project Updated",
         category="Projects",
         module="projects",
-        description="Fields on a project were edited.",
+        description="Emitted when fields on a project are edited. The payload lists updatedFields and a changes object, so workflows can react only when particular attributes such as dates or budget are modified.",
         kind="domain-v2",
         in_system_catalog=True,
         legacy_model=ProjectUpdatedLegacy,
@@ -245,7 +243,7 @@ EVENTS: list[EventType] = [
         name="Project Status Changed",
         category="Projects",
         module="projects",
-        description="A project moved to a different lifecycle status.",
+        description="Emitted when a project's overall state changes, such as from planning to active. Carries previousStatus and newStatus, letting automations respond to transitions like going live or being put on hold.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -256,7 +254,7 @@ EVENTS: list[EventType] = [
         name="Project Task Created",
         category="Projects",
         module="projects",
-        description="A new task was added to a project.",
+        description="Fires when someone creates a fresh task inside a project. Includes taskId, projectId, title, status and an optional dueDate, enough to create reminders or notify project members.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -267,7 +265,7 @@ EVENTS: list[EventType] = [
         name="Project Task Assigned",
         category="Projects",
         module="projects",
-        description="A project task was given to a user or team.",
+        description="Sent when a project task is handed to a user or team. Carries assignedToId, assignedToType and assignedByUserId, the usual trigger for telling the new owner about their work.",
         kind="domain-v2",
         in_system_catalog=True,
         legacy_model=ProjectTaskAssignedLegacy,
@@ -279,7 +277,7 @@ EVENTS: list[EventType] = [
         name="Project Task Status Changed",
         category="Projects",
         module="projects",
-        description="A project task moved to a different status.",
+        description="Emitted when a project task moves between statuses. Provides previousStatus and newStatus alongside taskId and projectId, so workflows can track progress through a board.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -290,7 +288,7 @@ EVENTS: list[EventType] = [
         name="Project Task Completed",
         category="Projects",
         module="projects",
-        description="A project task reached a completed/closed state.",
+        description="Fires when a project task reaches a completed or closed state, with completedByUserId and completedAt. Useful for updating progress figures or unblocking downstream work.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -301,7 +299,7 @@ EVENTS: list[EventType] = [
         name="Project Task Blocked",
         category="Projects",
         module="projects",
-        description="A task became blocked by another task through a dependency link.",
+        description="Indicates that a task is now held up by another task through a dependency link. Carries blockedByTaskId, letting a workflow alert the owner of the blocking task.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -312,7 +310,7 @@ EVENTS: list[EventType] = [
         name="Project Task Unblocked",
         category="Projects",
         module="projects",
-        description="A blocking dependency on a task was cleared.",
+        description="Signals that a dependency holding up a task has been cleared. Includes unblockedByTaskId, a good trigger for telling the waiting task's assignee they can start.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -323,7 +321,7 @@ EVENTS: list[EventType] = [
         name="Project Approval Requested",
         category="Projects",
         module="projects",
-        description="Approval (scope/budget/change) was requested for a project.",
+        description="Intended for a request to approve project scope, budget or a change, carrying approvalId and approvalType. Catalog only: no product path emits it yet because there is no approval subsystem.",
         kind="domain-v2",
         in_system_catalog=True,
         catalog_only=True,
@@ -336,7 +334,7 @@ EVENTS: list[EventType] = [
         name="Project Approval Granted",
         category="Projects",
         module="projects",
-        description="A project approval request was approved.",
+        description="Meant to record that a project approval was accepted, with approvalId, approvalType and approvedByUserId. Catalog only: no product path emits it yet.",
         kind="domain-v2",
         in_system_catalog=True,
         catalog_only=True,
@@ -349,7 +347,7 @@ EVENTS: list[EventType] = [
         name="Project Approval Rejected",
         category="Projects",
         module="projects",
-        description="A project approval request was declined.",
+        description="Meant to record that sign-off on a project was refused, with rejectedByUserId and a reason. Catalog only: no product path emits it yet since approvals are not built.",
         kind="domain-v2",
         in_system_catalog=True,
         catalog_only=True,
@@ -362,7 +360,7 @@ EVENTS: list[EventType] = [
         name="Project Created",
         category="Projects",
         module="projects",
-        description="A new project was created.",
+        description="Fires when a new project is created. Carries projectId, optional createdByUserId and createdAt, a typical trigger for setting up template tasks or notifying the team.",
         kind="catalog-existing",
         in_system_catalog=True,
         legacy_model=ProjectCreatedLegacy,

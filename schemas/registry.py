@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
+from pydantic_core import core_schema
 
 from outbox.errors import FieldError, PayloadValidationError, UnknownEventType, UnknownSchemaRef
 
@@ -73,6 +75,23 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
             seen.add((path, reason))
             out.append(FieldError(path, reason.removeprefix("Value error, ")))
     return out or [FieldError("", str(exc))]
+
+
+class _ContractJsonSchema(GenerateJsonSchema):
+    """JSON Schema as the contract reads: optional-but-not-null keys show their plain type, no null default."""
+
+    def function_after_schema(self, schema: core_schema.AfterValidatorFunctionSchema) -> JsonSchemaValue:
+        from schemas.base import NOT_NULL
+
+        inner = schema["schema"]
+        if schema["function"].get("function") is NOT_NULL and inner["type"] == "nullable":
+            return self.generate_inner(inner["schema"])
+        return super().function_after_schema(schema)
+
+    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
+        if schema.get("default", ...) is None:
+            return self.generate_inner(schema["schema"])
+        return super().default_schema(schema)
 
 
 class Registry:
@@ -141,14 +160,12 @@ class Registry:
 
     def json_schema(self, ref: str) -> dict[str, Any]:
         """JSON Schema (draft 2020-12) of a ref."""
-        schema = self._by_ref[ref].model_json_schema(mode="validation")
+        schema = self._by_ref[ref].model_json_schema(mode="validation", schema_generator=_ContractJsonSchema)
         schema["$id"] = ref
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         return schema
 
-    def _resolve(
-        self, event_type: str, ref: str | None
-    ) -> tuple[EventType, TypeAdapter[Any] | type[BaseModel]]:
+    def _resolve(self, event_type: str, ref: str | None) -> tuple[EventType, TypeAdapter[Any] | type[BaseModel]]:
         entry = self.event_type(event_type)
         if ref is None or ref == entry.ref:
             return entry, entry.bus_adapter

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
-from schemas.base import NonEmptyStr, Payload, UtcDateTime, Uuid
+from schemas.base import NonEmptyStr, Opt, Payload, UtcDateTime, Uuid
 from schemas.registry import EventType
 
 
@@ -15,19 +13,19 @@ class AppointmentCreatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     appointmentId: Uuid
-    ticketId: Uuid = Field(default=None)
+    ticketId: Opt[Uuid] = None
     startAt: UtcDateTime
     endAt: UtcDateTime
     timezone: str
-    assigneeId: Uuid = Field(default=None)
-    assigneeType: Literal["user", "team"] = Field(default=None)
-    createdByUserId: Uuid = Field(default=None)
-    createdAt: UtcDateTime = Field(default=None)
-    location: str = Field(default=None)
+    assigneeId: Opt[Uuid] = None
+    assigneeType: Opt[Literal["user", "team"]] = None
+    createdByUserId: Opt[Uuid] = None
+    createdAt: Opt[UtcDateTime] = None
+    location: Opt[str] = None
 
 
 class AppointmentRescheduledV1(Payload):
@@ -35,18 +33,18 @@ class AppointmentRescheduledV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     appointmentId: Uuid
-    ticketId: Uuid = Field(default=None)
+    ticketId: Opt[Uuid] = None
     previousStartAt: UtcDateTime
     previousEndAt: UtcDateTime
     newStartAt: UtcDateTime
     newEndAt: UtcDateTime
     timezone: str
-    rescheduledAt: UtcDateTime = Field(default=None)
-    reason: str = Field(default=None)
+    rescheduledAt: Opt[UtcDateTime] = None
+    reason: Opt[str] = None
 
 
 class AppointmentCanceledV1(Payload):
@@ -54,13 +52,13 @@ class AppointmentCanceledV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     appointmentId: Uuid
-    ticketId: Uuid = Field(default=None)
-    canceledAt: UtcDateTime = Field(default=None)
-    reason: str = Field(default=None)
+    ticketId: Opt[Uuid] = None
+    canceledAt: Opt[UtcDateTime] = None
+    reason: Opt[str] = None
 
 
 class AppointmentCompletedV1(Payload):
@@ -68,13 +66,13 @@ class AppointmentCompletedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     appointmentId: Uuid
-    ticketId: Uuid = Field(default=None)
-    completedAt: UtcDateTime = Field(default=None)
-    outcome: str = Field(default=None)
+    ticketId: Opt[Uuid] = None
+    completedAt: Opt[UtcDateTime] = None
+    outcome: Opt[str] = None
 
 
 class AppointmentNoShowV1(Payload):
@@ -82,12 +80,12 @@ class AppointmentNoShowV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     appointmentId: Uuid
-    ticketId: Uuid = Field(default=None)
-    markedAt: UtcDateTime = Field(default=None)
+    ticketId: Opt[Uuid] = None
+    markedAt: Opt[UtcDateTime] = None
     party: Literal["customer", "agent"]
 
 
@@ -96,16 +94,16 @@ class AppointmentAssignedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     appointmentId: Uuid
-    ticketId: Uuid = Field(default=None)
-    previousAssigneeId: Uuid = Field(default=None)
-    previousAssigneeType: Literal["user", "team"] = Field(default=None)
+    ticketId: Opt[Uuid] = None
+    previousAssigneeId: Opt[Uuid] = None
+    previousAssigneeType: Opt[Literal["user", "team"]] = None
     newAssigneeId: Uuid
     newAssigneeType: Literal["user", "team"]
-    assignedAt: UtcDateTime = Field(default=None)
+    assignedAt: Opt[UtcDateTime] = None
 
 
 class ScheduleBlockCreatedV1(Payload):
@@ -113,17 +111,17 @@ class ScheduleBlockCreatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     scheduleBlockId: Uuid
     ownerId: Uuid
     ownerType: Literal["user", "team"]
     startAt: UtcDateTime
     endAt: UtcDateTime
     timezone: str
-    createdAt: UtcDateTime = Field(default=None)
-    reason: str = Field(default=None)
+    createdAt: Opt[UtcDateTime] = None
+    reason: Opt[str] = None
 
 
 class ScheduleBlockDeletedV1(Payload):
@@ -131,12 +129,12 @@ class ScheduleBlockDeletedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     scheduleBlockId: Uuid
-    deletedAt: UtcDateTime = Field(default=None)
-    reason: str = Field(default=None)
+    deletedAt: Opt[UtcDateTime] = None
+    reason: Opt[str] = None
 
 
 class CapacityThresholdReachedV1(Payload):
@@ -144,14 +142,14 @@ class CapacityThresholdReachedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     teamId: Uuid
     date: str
     capacityLimit: float
     currentBooked: float
-    triggeredAt: UtcDateTime = Field(default=None)
+    triggeredAt: Opt[UtcDateTime] = None
 
 
 class TechnicianDispatchedV1(Payload):
@@ -159,14 +157,14 @@ class TechnicianDispatchedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     appointmentId: Uuid
-    ticketId: Uuid = Field(default=None)
+    ticketId: Opt[Uuid] = None
     technicianUserId: Uuid
-    dispatchedByUserId: Uuid = Field(default=None)
-    dispatchedAt: UtcDateTime = Field(default=None)
+    dispatchedByUserId: Opt[Uuid] = None
+    dispatchedAt: Opt[UtcDateTime] = None
 
 
 class TechnicianEnRouteV1(Payload):
@@ -174,14 +172,14 @@ class TechnicianEnRouteV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     appointmentId: Uuid
-    ticketId: Uuid = Field(default=None)
+    ticketId: Opt[Uuid] = None
     technicianUserId: Uuid
-    startedAt: UtcDateTime = Field(default=None)
-    eta: UtcDateTime = Field(default=None)
+    startedAt: Opt[UtcDateTime] = None
+    eta: Opt[UtcDateTime] = None
 
 
 class TechnicianArrivedV1(Payload):
@@ -189,14 +187,14 @@ class TechnicianArrivedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     appointmentId: Uuid
-    ticketId: Uuid = Field(default=None)
+    ticketId: Opt[Uuid] = None
     technicianUserId: Uuid
-    arrivedAt: UtcDateTime = Field(default=None)
-    location: str = Field(default=None)
+    arrivedAt: Opt[UtcDateTime] = None
+    location: Opt[str] = None
 
 
 class TechnicianCheckedOutV1(Payload):
@@ -204,14 +202,14 @@ class TechnicianCheckedOutV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     appointmentId: Uuid
-    ticketId: Uuid = Field(default=None)
+    ticketId: Opt[Uuid] = None
     technicianUserId: Uuid
-    checkedOutAt: UtcDateTime = Field(default=None)
-    workSummary: str = Field(default=None)
+    checkedOutAt: Opt[UtcDateTime] = None
+    workSummary: Opt[str] = None
 
 
 EVENTS: list[EventType] = [
@@ -222,7 +220,7 @@ EVENTS: list[EventType] = [
         name="Appointment Created",
         category="Scheduling",
         module="scheduling",
-        description="A new appointment was booked on the schedule, possibly linked to a ticket.",
+        description="Fires when a new appointment is booked, optionally tied to a ticket, with startAt, endAt, timezone and assignee. This is the canonical event for workflows, replacing SCHEDULE_ENTRY_CREATED and APPOINTMENT_REQUEST_APPROVED.",
         kind="domain-v2",
         in_system_catalog=True,
         legacy_of=("SCHEDULE_ENTRY_CREATED",),
@@ -235,7 +233,7 @@ EVENTS: list[EventType] = [
         name="Appointment Rescheduled",
         category="Scheduling",
         module="scheduling",
-        description="An appointment's start/end time moved.",
+        description="Emitted when an appointment's time window moves, carrying both the previous and new start and end times plus timezone. Workflows should use it rather than the generic legacy SCHEDULE_ENTRY_UPDATED.",
         kind="domain-v2",
         in_system_catalog=True,
         legacy_of=("SCHEDULE_ENTRY_UPDATED",),
@@ -248,7 +246,7 @@ EVENTS: list[EventType] = [
         name="Appointment Canceled",
         category="Scheduling",
         module="scheduling",
-        description="An appointment was called off.",
+        description="Emitted when a booked appointment will no longer take place, with appointmentId, optional ticketId and reason. It is canonical for cancellation workflows, covering legacy SCHEDULE_ENTRY_DELETED, SCHEDULE_ENTRY_UPDATED and APPOINTMENT_REQUEST_CANCELLED.",
         kind="domain-v2",
         in_system_catalog=True,
         legacy_of=("SCHEDULE_ENTRY_DELETED",),
@@ -261,7 +259,7 @@ EVENTS: list[EventType] = [
         name="Appointment Completed",
         category="Scheduling",
         module="scheduling",
-        description="An appointment was marked as done.",
+        description="Sent when an appointment is marked as finished, with completedAt and an optional outcome. A good trigger for follow-up surveys; prefer it over the legacy catch-all SCHEDULE_ENTRY_UPDATED.",
         kind="domain-v2",
         in_system_catalog=True,
         legacy_of=("SCHEDULE_ENTRY_UPDATED",),
@@ -274,7 +272,7 @@ EVENTS: list[EventType] = [
         name="Appointment No-Show",
         category="Scheduling",
         module="scheduling",
-        description="A party (customer or agent) did not turn up for an appointment.",
+        description="Records that someone missed an appointment; the party field says whether the customer or the agent failed to appear. Canonical over legacy SCHEDULE_ENTRY_UPDATED for no-show follow-up workflows.",
         kind="domain-v2",
         in_system_catalog=True,
         legacy_of=("SCHEDULE_ENTRY_UPDATED",),
@@ -287,7 +285,7 @@ EVENTS: list[EventType] = [
         name="Appointment Assigned",
         category="Scheduling",
         module="scheduling",
-        description="An appointment was given (or moved) to a technician or team.",
+        description="Fires when an appointment is given or moved to a technician or team, with previous and new assignee ids and types. Use it instead of legacy SCHEDULE_ENTRY_UPDATED when reacting to reassignments.",
         kind="domain-v2",
         in_system_catalog=True,
         legacy_of=("SCHEDULE_ENTRY_UPDATED",),
@@ -300,7 +298,7 @@ EVENTS: list[EventType] = [
         name="Schedule Block Created",
         category="Scheduling",
         module="scheduling",
-        description="An availability/blocked-time slot was put on someone's calendar.",
+        description="Emitted when a blocked-time or availability slot is placed on a user's or team's calendar. Carries ownerId, ownerType, startAt, endAt and timezone, so booking logic can avoid that window.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -311,7 +309,7 @@ EVENTS: list[EventType] = [
         name="Schedule Block Deleted",
         category="Scheduling",
         module="scheduling",
-        description="An availability/blocked-time slot was removed.",
+        description="Signals that a previously created availability or blocked-time slot was removed, identified by scheduleBlockId with an optional reason. The freed time may become bookable again.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -322,7 +320,7 @@ EVENTS: list[EventType] = [
         name="Capacity Threshold Reached",
         category="Scheduling",
         module="scheduling",
-        description="A team's booked hours for a day hit its capacity limit.",
+        description="Fires when a team's schedule for a day is full, meaning booked time has reached the allowed maximum. Reports teamId, date, capacityLimit and currentBooked, useful for warning dispatchers before they overbook.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -333,7 +331,7 @@ EVENTS: list[EventType] = [
         name="Technician Dispatched",
         category="Scheduling",
         module="scheduling",
-        description="A technician was sent out for an appointment/job.",
+        description="Fires when a technician is sent out to handle an appointment or job. Carries appointmentId, technicianUserId and who dispatched them, a natural point to notify the customer that help is coming.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -344,7 +342,7 @@ EVENTS: list[EventType] = [
         name="Technician En Route",
         category="Scheduling",
         module="scheduling",
-        description="A dispatched technician is travelling to the site.",
+        description="Fires when a technician who has been sent out sets off toward the customer location. Includes technicianUserId, startedAt and an optional eta, which can be forwarded to the client as an arrival estimate.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -355,7 +353,7 @@ EVENTS: list[EventType] = [
         name="Technician Arrived",
         category="Scheduling",
         module="scheduling",
-        description="A technician reached the job site.",
+        description="Sent when a technician reaches the job site for an appointment. Provides arrivedAt and an optional location, useful for tracking on-site time or confirming attendance to the customer.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -366,7 +364,7 @@ EVENTS: list[EventType] = [
         name="Technician Checked Out",
         category="Scheduling",
         module="scheduling",
-        description="A technician finished on-site work and checked out.",
+        description="Records that a technician finished on-site work and left. Carries checkedOutAt and an optional workSummary, which a workflow could post to the linked ticket or use to draft billing.",
         kind="domain-v2",
         in_system_catalog=True,
     ),

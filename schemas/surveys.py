@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
-
-from schemas.base import NonEmptyStr, Payload, UtcDateTime, Uuid
+from schemas.base import NonEmptyStr, Opt, Payload, UtcDateTime, Uuid
 from schemas.registry import EventType
 
 
@@ -15,16 +13,16 @@ class SurveySentV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     surveyId: Uuid
     surveyType: Literal["csat", "nps", "custom"]
     recipientId: str
-    ticketId: Uuid = Field(default=None)
-    sentAt: UtcDateTime = Field(default=None)
+    ticketId: Opt[Uuid] = None
+    sentAt: Opt[UtcDateTime] = None
     channel: Literal["email", "sms", "in_app", "push"]
-    templateId: str = Field(default=None)
+    templateId: Opt[str] = None
 
 
 class SurveyResponseReceivedV1(Payload):
@@ -32,16 +30,16 @@ class SurveyResponseReceivedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     surveyId: Uuid
     responseId: Uuid
     recipientId: str
-    ticketId: Uuid = Field(default=None)
-    respondedAt: UtcDateTime = Field(default=None)
+    ticketId: Opt[Uuid] = None
+    respondedAt: Opt[UtcDateTime] = None
     score: float
-    comment: str = Field(default=None)
+    comment: Opt[str] = None
 
 
 class SurveyReminderSentV1(Payload):
@@ -49,13 +47,13 @@ class SurveyReminderSentV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     surveyId: Uuid
     recipientId: str
-    ticketId: Uuid = Field(default=None)
-    sentAt: UtcDateTime = Field(default=None)
+    ticketId: Opt[Uuid] = None
+    sentAt: Opt[UtcDateTime] = None
     channel: Literal["email", "sms", "in_app", "push"]
     reminderNumber: int
 
@@ -65,13 +63,13 @@ class SurveyExpiredV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     surveyId: Uuid
     recipientId: str
-    ticketId: Uuid = Field(default=None)
-    expiredAt: UtcDateTime = Field(default=None)
+    ticketId: Opt[Uuid] = None
+    expiredAt: Opt[UtcDateTime] = None
 
 
 class CsatAlertTriggeredV1(Payload):
@@ -79,17 +77,17 @@ class CsatAlertTriggeredV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     window: Literal["daily", "weekly", "monthly"]
     score: float
-    baseline: float = Field(default=None)
-    delta: float = Field(default=None)
+    baseline: Opt[float] = None
+    delta: Opt[float] = None
     threshold: float
-    triggeredAt: UtcDateTime = Field(default=None)
+    triggeredAt: Opt[UtcDateTime] = None
     scopeType: Literal["agent", "team", "org"]
-    scopeId: str = Field(default=None)
+    scopeId: Opt[str] = None
 
 
 EVENTS: list[EventType] = [
@@ -100,7 +98,7 @@ EVENTS: list[EventType] = [
         name="Survey Sent",
         category="Surveys",
         module="surveys",
-        description="A CSAT/NPS/custom survey invitation went out.",
+        description="Fires when a CSAT, NPS or custom survey invitation goes out. Carries surveyType, recipientId, channel and optional ticketId, which ties the survey to the support case being rated.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -111,7 +109,7 @@ EVENTS: list[EventType] = [
         name="Survey Response Received",
         category="Surveys",
         module="surveys",
-        description="A survey answer (score, optional comment) came back.",
+        description="Emitted when a survey answer comes back. Includes the numeric score, an optional comment and ticketId, so low scores can trigger follow-up on the related ticket.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -122,7 +120,7 @@ EVENTS: list[EventType] = [
         name="Survey Reminder Sent",
         category="Surveys",
         module="surveys",
-        description="A follow-up reminder for an unanswered survey went out.",
+        description="Fires when the system nudges someone again because they have not yet answered a survey. Carries reminderNumber and channel, useful for capping how many times someone is chased.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -133,7 +131,7 @@ EVENTS: list[EventType] = [
         name="Survey Expired",
         category="Surveys",
         module="surveys",
-        description="A survey lapsed without being answered.",
+        description="Fires when a survey lapses without an answer. Provides surveyId, recipientId, optional ticketId and expiredAt, for example to stop reminders.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -144,7 +142,7 @@ EVENTS: list[EventType] = [
         name="CSAT Alert Triggered",
         category="Surveys",
         module="surveys",
-        description="Satisfaction score fell below a threshold for an agent/team/org window.",
+        description="Raised when a satisfaction score drops below a threshold for an agent, team or the whole organisation over a daily, weekly or monthly window. Includes score, threshold and optional baseline and delta.",
         kind="domain-v2",
         in_system_catalog=True,
     ),

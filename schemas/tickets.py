@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from schemas.base import NonEmptyStr, Payload, Shape, UtcDateTime, Uuid
+from schemas.base import NonEmptyStr, Opt, Payload, Shape, UtcDateTime, Uuid
 from schemas.registry import EventType
 
 
@@ -15,14 +15,14 @@ class TicketStatusChangedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
     previousStatusId: str
     newStatusId: str
-    reason: str = Field(default=None)
-    changedAt: UtcDateTime = Field(default=None)
+    reason: Opt[str] = None
+    changedAt: Opt[UtcDateTime] = None
 
 
 class TicketPriorityChangedV1(Payload):
@@ -30,19 +30,19 @@ class TicketPriorityChangedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
     previousPriorityId: str
     newPriorityId: str
-    reason: str = Field(default=None)
-    changedAt: UtcDateTime = Field(default=None)
+    reason: Opt[str] = None
+    changedAt: Opt[UtcDateTime] = None
 
 
 class TicketAssignedV1ChangesValue(Shape):
-    previous: Any = Field(default=None)
-    new: Any = Field(default=None)
+    previous: Opt[Any] = None
+    new: Opt[Any] = None
 
 
 class TicketAssignedV1(Payload):
@@ -50,27 +50,27 @@ class TicketAssignedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
-    assignedToUserId: Uuid = Field(default=None)
-    assignedByUserId: Uuid = Field(default=None)
-    previousAssigneeId: Uuid = Field(default=None)
-    previousAssigneeType: Literal["user", "team"] = Field(default=None)
-    newAssigneeId: Uuid = Field(default=None)
-    newAssigneeType: Literal["user", "team"] = Field(default=None)
-    assignedAt: str = Field(default=None)
-    updatedFields: list[str] = Field(default=None)
-    changes: dict[str, TicketAssignedV1ChangesValue] = Field(default=None)
+    assignedToUserId: Opt[Uuid] = None
+    assignedByUserId: Opt[Uuid] = None
+    previousAssigneeId: Opt[Uuid] = None
+    previousAssigneeType: Opt[Literal["user", "team"]] = None
+    newAssigneeId: Opt[Uuid] = None
+    newAssigneeType: Opt[Literal["user", "team"]] = None
+    assignedAt: Opt[str] = None
+    updatedFields: Opt[list[str]] = None
+    changes: Opt[dict[str, TicketAssignedV1ChangesValue]] = None
 
 
 class TicketAssignedLegacyComment(Shape):
     id: Uuid
     content: str
     author: str
-    isInternal: bool = Field(default=None)
-    authorType: Literal["internal", "client", "unknown"] = Field(default=None)
+    isInternal: Opt[bool] = None
+    authorType: Opt[Literal["internal", "client", "unknown"]] = None
 
 
 class TicketAssignedLegacy(Payload):
@@ -79,9 +79,9 @@ class TicketAssignedLegacy(Payload):
     tenantId: Uuid
     ticketId: Uuid
     userId: Uuid
-    assignedByUserId: Uuid = Field(default=None)
-    changes: dict[str, Any] = Field(default=None)
-    comment: TicketAssignedLegacyComment = Field(default=None)
+    assignedByUserId: Opt[Uuid] = None
+    changes: Opt[dict[str, Any]] = None
+    comment: Opt[TicketAssignedLegacyComment] = None
 
 
 class TicketUnassignedV1(Payload):
@@ -89,16 +89,16 @@ class TicketUnassignedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
     previousAssigneeId: Uuid
     previousAssigneeType: Literal["user", "team"]
-    newAssigneeId: Uuid = Field(default=None)
-    newAssigneeType: Literal["user", "team"] = Field(default=None)
-    unassignedAt: UtcDateTime = Field(default=None)
-    reason: str = Field(default=None)
+    newAssigneeId: Opt[Uuid] = None
+    newAssigneeType: Opt[Literal["user", "team"]] = None
+    unassignedAt: Opt[UtcDateTime] = None
+    reason: Opt[str] = None
 
 
 class TicketReopenedV1(Payload):
@@ -106,14 +106,14 @@ class TicketReopenedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
     previousStatusId: str
     newStatusId: str
-    reopenedAt: UtcDateTime = Field(default=None)
-    reason: str = Field(default=None)
+    reopenedAt: Opt[UtcDateTime] = None
+    reason: Opt[str] = None
 
 
 class TicketMergedV1(Payload):
@@ -121,13 +121,13 @@ class TicketMergedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     sourceTicketId: Uuid
     targetTicketId: Uuid
-    mergedAt: UtcDateTime = Field(default=None)
-    reason: str = Field(default=None)
+    mergedAt: Opt[UtcDateTime] = None
+    reason: Opt[str] = None
 
 
 class TicketSplitV1(Payload):
@@ -135,13 +135,13 @@ class TicketSplitV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     originalTicketId: Uuid
     newTicketIds: list[Uuid] = Field(min_length=1)
-    splitAt: UtcDateTime = Field(default=None)
-    reason: str = Field(default=None)
+    splitAt: Opt[UtcDateTime] = None
+    reason: Opt[str] = None
 
 
 class TicketTagsChangedV1(Payload):
@@ -149,13 +149,13 @@ class TicketTagsChangedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
-    addedTagIds: list[Uuid] = Field(default=None)
-    removedTagIds: list[Uuid] = Field(default=None)
-    changedAt: UtcDateTime = Field(default=None)
+    addedTagIds: Opt[list[Uuid]] = None
+    removedTagIds: Opt[list[Uuid]] = None
+    changedAt: Opt[UtcDateTime] = None
 
 
 class TicketQueueChangedV1(Payload):
@@ -163,13 +163,13 @@ class TicketQueueChangedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
-    previousBoardId: Uuid = Field(default=None)
-    newBoardId: Uuid = Field(default=None)
-    changedAt: UtcDateTime = Field(default=None)
+    previousBoardId: Opt[Uuid] = None
+    newBoardId: Opt[Uuid] = None
+    changedAt: Opt[UtcDateTime] = None
 
 
 class TicketEscalatedV1(Payload):
@@ -177,14 +177,14 @@ class TicketEscalatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
-    fromQueueId: Uuid = Field(default=None)
-    toQueueId: Uuid = Field(default=None)
-    escalatedAt: UtcDateTime = Field(default=None)
-    reason: str = Field(default=None)
+    fromQueueId: Opt[Uuid] = None
+    toQueueId: Opt[Uuid] = None
+    escalatedAt: Opt[UtcDateTime] = None
+    reason: Opt[str] = None
 
 
 class TicketMessageAddedV1(Payload):
@@ -192,17 +192,17 @@ class TicketMessageAddedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
     messageId: Uuid
     visibility: Literal["public", "internal"]
     authorId: Uuid
     authorType: Literal["user", "contact"]
     channel: Literal["email", "portal", "ui", "api"]
-    createdAt: UtcDateTime = Field(default=None)
-    attachmentsCount: int = Field(default=None)
+    createdAt: Opt[UtcDateTime] = None
+    attachmentsCount: Opt[int] = None
 
 
 class TicketCustomerRepliedV1(Payload):
@@ -210,15 +210,15 @@ class TicketCustomerRepliedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
     messageId: Uuid
     contactId: Uuid
     channel: Literal["email", "portal", "ui", "api"]
-    receivedAt: UtcDateTime = Field(default=None)
-    attachmentsCount: int = Field(default=None)
+    receivedAt: Opt[UtcDateTime] = None
+    attachmentsCount: Opt[int] = None
 
 
 class TicketInternalNoteAddedV1(Payload):
@@ -226,12 +226,12 @@ class TicketInternalNoteAddedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
     noteId: Uuid
-    createdAt: UtcDateTime = Field(default=None)
+    createdAt: Opt[UtcDateTime] = None
 
 
 class TicketTimeEntryAddedV1(Payload):
@@ -239,14 +239,14 @@ class TicketTimeEntryAddedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
     timeEntryId: Uuid
     minutes: int
     billable: bool
-    createdAt: UtcDateTime = Field(default=None)
+    createdAt: Opt[UtcDateTime] = None
 
 
 class TicketSlaStageEnteredV1(Payload):
@@ -254,14 +254,14 @@ class TicketSlaStageEnteredV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
     slaPolicyId: Uuid
     stage: Literal["response", "resolution", "custom"]
-    enteredAt: UtcDateTime = Field(default=None)
-    targetAt: UtcDateTime = Field(default=None)
+    enteredAt: Opt[UtcDateTime] = None
+    targetAt: Opt[UtcDateTime] = None
 
 
 class TicketSlaStageMetV1(Payload):
@@ -269,14 +269,14 @@ class TicketSlaStageMetV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
     slaPolicyId: Uuid
     stage: Literal["response", "resolution", "custom"]
-    metAt: UtcDateTime = Field(default=None)
-    targetAt: UtcDateTime = Field(default=None)
+    metAt: Opt[UtcDateTime] = None
+    targetAt: Opt[UtcDateTime] = None
 
 
 class TicketSlaStageBreachedV1(Payload):
@@ -284,15 +284,15 @@ class TicketSlaStageBreachedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
     slaPolicyId: Uuid
     stage: Literal["response", "resolution", "custom"]
-    breachedAt: UtcDateTime = Field(default=None)
-    targetAt: UtcDateTime = Field(default=None)
-    overdueBySeconds: int = Field(default=None)
+    breachedAt: Opt[UtcDateTime] = None
+    targetAt: Opt[UtcDateTime] = None
+    overdueBySeconds: Opt[int] = None
 
 
 class TicketApprovalRequestedV1(Payload):
@@ -300,15 +300,15 @@ class TicketApprovalRequestedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
     approvalRequestId: Uuid
     approvalType: str
-    requestedByUserId: Uuid = Field(default=None)
-    requestedAt: UtcDateTime = Field(default=None)
-    notes: str = Field(default=None)
+    requestedByUserId: Opt[Uuid] = None
+    requestedAt: Opt[UtcDateTime] = None
+    notes: Opt[str] = None
 
 
 class TicketApprovalGrantedV1(Payload):
@@ -316,14 +316,14 @@ class TicketApprovalGrantedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
     approvalRequestId: Uuid
-    approvedByUserId: Uuid = Field(default=None)
-    approvedAt: UtcDateTime = Field(default=None)
-    conditions: Any = Field(default=None)
+    approvedByUserId: Opt[Uuid] = None
+    approvedAt: Opt[UtcDateTime] = None
+    conditions: Opt[Any] = None
 
 
 class TicketApprovalRejectedV1(Payload):
@@ -331,19 +331,19 @@ class TicketApprovalRejectedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
     approvalRequestId: Uuid
-    rejectedByUserId: Uuid = Field(default=None)
-    rejectedAt: UtcDateTime = Field(default=None)
-    reason: str = Field(default=None)
+    rejectedByUserId: Opt[Uuid] = None
+    rejectedAt: Opt[UtcDateTime] = None
+    reason: Opt[str] = None
 
 
 class TicketCreatedV1ChangesValue(Shape):
-    previous: Any = Field(default=None)
-    new: Any = Field(default=None)
+    previous: Opt[Any] = None
+    new: Opt[Any] = None
 
 
 class TicketCreatedV1(Payload):
@@ -351,22 +351,22 @@ class TicketCreatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
-    createdByUserId: Uuid = Field(default=None)
-    createdAt: str = Field(default=None)
-    updatedFields: list[str] = Field(default=None)
-    changes: dict[str, TicketCreatedV1ChangesValue] = Field(default=None)
+    createdByUserId: Opt[Uuid] = None
+    createdAt: Opt[str] = None
+    updatedFields: Opt[list[str]] = None
+    changes: Opt[dict[str, TicketCreatedV1ChangesValue]] = None
 
 
 class TicketCreatedLegacyComment(Shape):
     id: Uuid
     content: str
     author: str
-    isInternal: bool = Field(default=None)
-    authorType: Literal["internal", "client", "unknown"] = Field(default=None)
+    isInternal: Opt[bool] = None
+    authorType: Opt[Literal["internal", "client", "unknown"]] = None
 
 
 class TicketCreatedLegacy(Payload):
@@ -375,14 +375,14 @@ class TicketCreatedLegacy(Payload):
     tenantId: Uuid
     ticketId: Uuid
     userId: Uuid
-    assignedByUserId: Uuid = Field(default=None)
-    changes: dict[str, Any] = Field(default=None)
-    comment: TicketCreatedLegacyComment = Field(default=None)
+    assignedByUserId: Opt[Uuid] = None
+    changes: Opt[dict[str, Any]] = None
+    comment: Opt[TicketCreatedLegacyComment] = None
 
 
 class TicketUpdatedV1ChangesValue(Shape):
-    previous: Any = Field(default=None)
-    new: Any = Field(default=None)
+    previous: Opt[Any] = None
+    new: Opt[Any] = None
 
 
 class TicketUpdatedV1(Payload):
@@ -390,21 +390,21 @@ class TicketUpdatedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
-    updatedByUserId: Uuid = Field(default=None)
-    updatedFields: list[str] = Field(default=None)
-    changes: dict[str, TicketUpdatedV1ChangesValue] = Field(default=None)
+    updatedByUserId: Opt[Uuid] = None
+    updatedFields: Opt[list[str]] = None
+    changes: Opt[dict[str, TicketUpdatedV1ChangesValue]] = None
 
 
 class TicketUpdatedLegacyComment(Shape):
     id: Uuid
     content: str
     author: str
-    isInternal: bool = Field(default=None)
-    authorType: Literal["internal", "client", "unknown"] = Field(default=None)
+    isInternal: Opt[bool] = None
+    authorType: Opt[Literal["internal", "client", "unknown"]] = None
 
 
 class TicketUpdatedLegacy(Payload):
@@ -413,14 +413,14 @@ class TicketUpdatedLegacy(Payload):
     tenantId: Uuid
     ticketId: Uuid
     userId: Uuid
-    assignedByUserId: Uuid = Field(default=None)
-    changes: dict[str, Any] = Field(default=None)
-    comment: TicketUpdatedLegacyComment = Field(default=None)
+    assignedByUserId: Opt[Uuid] = None
+    changes: Opt[dict[str, Any]] = None
+    comment: Opt[TicketUpdatedLegacyComment] = None
 
 
 class TicketClosedV1ChangesValue(Shape):
-    previous: Any = Field(default=None)
-    new: Any = Field(default=None)
+    previous: Opt[Any] = None
+    new: Opt[Any] = None
 
 
 class TicketClosedV1(Payload):
@@ -428,23 +428,23 @@ class TicketClosedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
-    closedByUserId: Uuid = Field(default=None)
-    closedAt: str = Field(default=None)
-    reason: str = Field(default=None)
-    updatedFields: list[str] = Field(default=None)
-    changes: dict[str, TicketClosedV1ChangesValue] = Field(default=None)
+    closedByUserId: Opt[Uuid] = None
+    closedAt: Opt[str] = None
+    reason: Opt[str] = None
+    updatedFields: Opt[list[str]] = None
+    changes: Opt[dict[str, TicketClosedV1ChangesValue]] = None
 
 
 class TicketClosedLegacyComment(Shape):
     id: Uuid
     content: str
     author: str
-    isInternal: bool = Field(default=None)
-    authorType: Literal["internal", "client", "unknown"] = Field(default=None)
+    isInternal: Opt[bool] = None
+    authorType: Opt[Literal["internal", "client", "unknown"]] = None
 
 
 class TicketClosedLegacy(Payload):
@@ -453,9 +453,9 @@ class TicketClosedLegacy(Payload):
     tenantId: Uuid
     ticketId: Uuid
     userId: Uuid
-    assignedByUserId: Uuid = Field(default=None)
-    changes: dict[str, Any] = Field(default=None)
-    comment: TicketClosedLegacyComment = Field(default=None)
+    assignedByUserId: Opt[Uuid] = None
+    changes: Opt[dict[str, Any]] = None
+    comment: Opt[TicketClosedLegacyComment] = None
 
 
 class TicketResponseStateChangedV1(Payload):
@@ -463,12 +463,12 @@ class TicketResponseStateChangedV1(Payload):
 
     tenantId: NonEmptyStr
     occurredAt: UtcDateTime
-    actorUserId: Uuid = Field(default=None)
-    actorContactId: Uuid = Field(default=None)
-    actorType: Literal["USER", "CONTACT", "SYSTEM"] = Field(default=None)
+    actorUserId: Opt[Uuid] = None
+    actorContactId: Opt[Uuid] = None
+    actorType: Opt[Literal["USER", "CONTACT", "SYSTEM"]] = None
     ticketId: Uuid
-    previousResponseState: str = Field(default=None)
-    newResponseState: str = Field(default=None)
+    previousResponseState: Opt[str] = None
+    newResponseState: Opt[str] = None
 
 
 class TicketResponseStateChangedLegacy(Payload):
@@ -490,7 +490,7 @@ EVENTS: list[EventType] = [
         name="Ticket Status Changed",
         category="Tickets",
         module="tickets",
-        description="A ticket moved from one workflow status to another.",
+        description="Fires when a ticket's workflow status changes. Carries ticketId plus previousStatusId and newStatusId, so a workflow can react only to specific transitions, such as moving into a waiting or resolved status.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -501,7 +501,7 @@ EVENTS: list[EventType] = [
         name="Ticket Priority Changed",
         category="Tickets",
         module="tickets",
-        description="A ticket's priority value was changed.",
+        description="Emitted when someone raises or lowers a ticket's priority. The payload holds previousPriorityId and newPriorityId with an optional reason, useful for alerting a lead when a ticket is bumped to urgent.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -512,7 +512,7 @@ EVENTS: list[EventType] = [
         name="Ticket Assigned",
         category="Tickets",
         module="tickets",
-        description="A ticket got a (new) primary assignee, user or team.",
+        description="Raised when a ticket receives a new primary owner, either a user or a team. Includes previous and new assignee ids and types, so workflows can notify the incoming assignee or track handoffs.",
         kind="domain-v2",
         in_system_catalog=True,
         legacy_model=TicketAssignedLegacy,
@@ -524,7 +524,7 @@ EVENTS: list[EventType] = [
         name="Ticket Unassigned",
         category="Tickets",
         module="tickets",
-        description="A ticket lost its assignee and now has none (or the assignee was cleared).",
+        description="Signals that a ticket no longer has an owner because its assignee was cleared. Carries previousAssigneeId and previousAssigneeType, handy for routing orphaned tickets back into a triage queue.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -535,7 +535,7 @@ EVENTS: list[EventType] = [
         name="Ticket Reopened",
         category="Tickets",
         module="tickets",
-        description="A previously closed ticket was put back into an open status.",
+        description="Sent when a ticket that had been closed is returned to an open status. Includes previousStatusId, newStatusId and an optional reason, which helps flag recurring problems or resolutions that did not stick.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -546,7 +546,7 @@ EVENTS: list[EventType] = [
         name="Ticket Merged",
         category="Tickets",
         module="tickets",
-        description="One ticket was folded into another (in practice: child attached to a master bundle).",
+        description="Fires when a ticket is combined into a different ticket; in this product that means bundling a child under a master. Carries sourceTicketId and targetTicketId so automations can redirect follow-up work to the surviving ticket.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -557,7 +557,7 @@ EVENTS: list[EventType] = [
         name="Ticket Split",
         category="Tickets",
         module="tickets",
-        description="Tickets were separated from an original ticket (in practice: children detached from a bundle).",
+        description="Indicates that tickets were broken out of an original one, typically children detached from a bundle. Provides originalTicketId and the list newTicketIds, so each resulting ticket can be processed separately.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -568,7 +568,7 @@ EVENTS: list[EventType] = [
         name="Ticket Tags Changed",
         category="Tickets",
         module="tickets",
-        description="Tags were added to and/or removed from a ticket.",
+        description="Reports tag additions and removals on a ticket in a single event, listing addedTagIds and removedTagIds. The same changes also appear as TAG_APPLIED and TAG_REMOVED with entityType set to ticket.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -579,7 +579,7 @@ EVENTS: list[EventType] = [
         name="Ticket Queue/Board Changed",
         category="Tickets",
         module="tickets",
-        description="A ticket was moved to a different board/queue.",
+        description="Fires when a ticket is transferred to another board or work queue. Carries previousBoardId and newBoardId, letting a workflow apply queue-specific rules once the ticket lands in its new home.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -590,7 +590,7 @@ EVENTS: list[EventType] = [
         name="Ticket Escalated",
         category="Tickets",
         module="tickets",
-        description="A ticket was pushed to a higher tier, team or queue.",
+        description="Emitted when a ticket is handed upward to more senior support, another team or a different queue. Includes fromQueueId, toQueueId and an optional reason, a natural trigger for paging senior staff.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -601,7 +601,7 @@ EVENTS: list[EventType] = [
         name="Ticket Message Added",
         category="Tickets",
         module="tickets",
-        description="Any new message on a ticket (public reply or internal note), with author and channel.",
+        description="Emitted for each new post on a ticket, whether a customer-visible reply or a staff note, with visibility, authorType and channel fields. It is the canonical replacement for the legacy TICKET_COMMENT_ADDED when building workflows.",
         kind="domain-v2",
         in_system_catalog=True,
         legacy_of=("TICKET_COMMENT_ADDED",),
@@ -614,7 +614,7 @@ EVENTS: list[EventType] = [
         name="Ticket Customer Replied",
         category="Tickets",
         module="tickets",
-        description="The client contact replied on a ticket (portal or email).",
+        description="Fires when the client contact answers on a ticket through the portal or email, carrying messageId, contactId and channel. Use this instead of legacy TICKET_COMMENT_ADDED for customer-reply workflows.",
         kind="domain-v2",
         in_system_catalog=True,
         legacy_of=("TICKET_COMMENT_ADDED",),
@@ -627,7 +627,7 @@ EVENTS: list[EventType] = [
         name="Ticket Internal Note Added",
         category="Tickets",
         module="tickets",
-        description="A staff-only internal note was added to a ticket.",
+        description="Sent when staff add a note on a ticket that customers cannot see; the payload carries ticketId and noteId. It is the canonical event for internal notes, replacing legacy TICKET_COMMENT_ADDED in workflows.",
         kind="domain-v2",
         in_system_catalog=True,
         legacy_of=("TICKET_COMMENT_ADDED",),
@@ -640,7 +640,7 @@ EVENTS: list[EventType] = [
         name="Ticket Time Entry Added",
         category="Tickets",
         module="tickets",
-        description="Work time was logged against a ticket.",
+        description="Fires when someone records hours spent working on a ticket. Carries timeEntryId, the number of minutes and a billable flag, so billing or utilisation workflows can pick up chargeable effort.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -651,7 +651,7 @@ EVENTS: list[EventType] = [
         name="Ticket SLA Stage Entered",
         category="Tickets",
         module="tickets",
-        description="An SLA clock stage (response/resolution) started for a ticket, with its deadline.",
+        description="Marks the start of an SLA clock stage (response, resolution or custom) for a ticket. Includes slaPolicyId and targetAt, the deadline, which a workflow can use to schedule reminders.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -662,7 +662,7 @@ EVENTS: list[EventType] = [
         name="Ticket SLA Stage Met",
         category="Tickets",
         module="tickets",
-        description="A ticket satisfied an SLA stage before its deadline.",
+        description="Fires when a ticket hits an SLA target on time. Carries slaPolicyId, the stage name, metAt and targetAt, useful for compliance reporting on response and resolution targets.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -673,7 +673,7 @@ EVENTS: list[EventType] = [
         name="Ticket SLA Stage Breached",
         category="Tickets",
         module="tickets",
-        description="A ticket missed an SLA stage deadline; includes how late it is.",
+        description="Fires when a ticket misses an SLA stage deadline. Along with slaPolicyId and stage it reports overdueBySeconds, so escalation workflows can scale their response to how late the ticket is.",
         kind="domain-v2",
         in_system_catalog=True,
     ),
@@ -684,7 +684,7 @@ EVENTS: list[EventType] = [
         name="Ticket Approval Requested",
         category="Tickets",
         module="tickets",
-        description="Someone asked for approval (e.g. access/spend/change) tied to a ticket.",
+        description="Intended for when someone asks for sign-off, such as access or spend, linked to a ticket, with approvalRequestId and approvalType. Catalog only: no product path emits it yet, since no approval subsystem exists.",
         kind="domain-v2",
         in_system_catalog=True,
         catalog_only=True,
@@ -697,7 +697,7 @@ EVENTS: list[EventType] = [
         name="Ticket Approval Granted",
         category="Tickets",
         module="tickets",
-        description="A pending ticket approval request was approved.",
+        description="Meant to record that a pending ticket approval request was accepted, carrying approvalRequestId, approvedByUserId and any conditions. Catalog only: no product path emits it yet.",
         kind="domain-v2",
         in_system_catalog=True,
         catalog_only=True,
@@ -710,7 +710,7 @@ EVENTS: list[EventType] = [
         name="Ticket Approval Rejected",
         category="Tickets",
         module="tickets",
-        description="A pending ticket approval request was declined.",
+        description="Meant to record that a ticket approval request was turned down, with approvalRequestId, rejectedByUserId and a reason. Catalog only: no product path emits it yet because approvals are not implemented.",
         kind="domain-v2",
         in_system_catalog=True,
         catalog_only=True,
@@ -723,7 +723,7 @@ EVENTS: list[EventType] = [
         name="Ticket Created",
         category="Tickets",
         module="tickets",
-        description="A new ticket was opened.",
+        description="Fires when a new ticket is opened. Carries ticketId, optional createdByUserId and createdAt, and is the usual starting trigger for triage, auto-assignment or acknowledgement emails.",
         kind="catalog-existing",
         in_system_catalog=True,
         legacy_model=TicketCreatedLegacy,
@@ -735,7 +735,7 @@ EVENTS: list[EventType] = [
         name="Ticket Updated",
         category="Tickets",
         module="tickets",
-        description="A ticket was edited (generic change event).",
+        description="Generic event emitted whenever a ticket is edited. Includes updatedFields and a changes object; prefer the more specific ticket events, such as status or priority changes, when one fits.",
         kind="catalog-existing",
         in_system_catalog=True,
         legacy_model=TicketUpdatedLegacy,
@@ -747,7 +747,7 @@ EVENTS: list[EventType] = [
         name="Ticket Closed",
         category="Tickets",
         module="tickets",
-        description="A ticket was closed.",
+        description="Emitted when a ticket is closed. Carries closedByUserId, closedAt and an optional reason, a common trigger for sending satisfaction surveys or closing linked work.",
         kind="catalog-existing",
         in_system_catalog=True,
         legacy_model=TicketClosedLegacy,
@@ -759,7 +759,7 @@ EVENTS: list[EventType] = [
         name="Ticket Response State Changed",
         category="Tickets",
         module="tickets",
-        description="Who the ticket is waiting on changed (awaiting client vs awaiting internal).",
+        description="Fires when the party a ticket is waiting on flips, for example from awaiting the client to awaiting staff. Includes previousResponseState and newResponseState.",
         kind="catalog-existing",
         in_system_catalog=True,
         legacy_model=TicketResponseStateChangedLegacy,

@@ -1,0 +1,161 @@
+"""Operator functions: status, dead letters, replay. Each takes a psycopg connection and commits itself."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+import schemas
+from outbox import sql
+from outbox.errors import OutboxError, TenantMismatch
+from schemas.registry import Registry
+
+FAILED_STATUSES = ("dead", "failed")
+
+
+def status(conn: psycopg.Connection[Any], *, by_tenant: bool = False) -> dict[str, Any]:
+    """Pending count, oldest pending age (s), dead/failed counts, published in the last minute, relay state."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(sql.STATUS).fetchone() or {}
+        out: dict[str, Any] = {
+            k: (float(v) if k == "oldest_pending_age" and v is not None else v) for k, v in row.items()
+        }
+        if by_tenant:
+            tenants = cur.execute(sql.STATUS_BY_TENANT).fetchall()
+            out["tenants"] = [
+                {**t, "oldest_pending_age": float(t["oldest_pending_age"]) if t["oldest_pending_age"] else None}
+                for t in tenants
+            ]
+    conn.rollback()
+    return out
+
+
+@dataclass(frozen=True)
+class Filter:
+    """Which dead/failed rows an operator means. Empty fields do not filter."""
+
+    statuses: Sequence[str] = FAILED_STATUSES
+    event_ids: Sequence[uuid.UUID | str] | None = None
+    event_type: str | None = None
+    tenant: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def params(self) -> dict[str, Any]:
+        """Named SQL parameters of the shared filter."""
+        bad = set(self.statuses) - set(FAILED_STATUSES)
+        if bad:
+            raise ValueError(f"status must be one of {FAILED_STATUSES}, got {sorted(bad)}")
+        return {
+            "statuses": list(self.statuses),
+            "ids": [str(i) for i in self.event_ids] if self.event_ids else None,
+            "event_type": self.event_type,
+            "tenant": self.tenant,
+            "since": self.since,
+            "until": self.until,
+        }
+
+
+def dead_letters(conn: psycopg.Connection[Any], flt: Filter = Filter(), *, limit: int = 100) -> list[dict[str, Any]]:
+    """Dead-lettered and failed rows with their reasons, oldest first."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(sql.LIST_FAILED, {**flt.params(), "limit": limit}).fetchall()
+    conn.rollback()
+    return rows
+
+
+@dataclass
+class ReplayReport:
+    """What a replay did (or, with ``dry_run``, would do)."""
+
+    matched: int = 0
+    requeued: list[str] = field(default_factory=list)
+    still_invalid: dict[str, str] = field(default_factory=dict)
+    already_published: list[str] = field(default_factory=list)
+    not_found: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+
+def _revalidate(registry: Registry, event_type: str, ref: str, tenant: str, payload: str) -> str | None:
+    try:
+        model = registry.validate_json(event_type, payload, ref=ref)
+    except OutboxError as exc:
+        return f"{type(exc).__name__} [{ref}] {exc}"
+    got = str(getattr(model, "tenantId", "") or "")
+    if got != tenant:
+        return f"TenantMismatch [{ref}] {TenantMismatch(event_type, got, tenant)}"
+    return None
+
+
+def replay(
+    conn: psycopg.Connection[Any],
+    flt: Filter = Filter(),
+    *,
+    dry_run: bool = False,
+    registry: Registry | None = None,
+    batch: int = 500,
+    progress: Callable[[int], None] | None = None,
+) -> ReplayReport:
+    """Re-validate matching dead/failed rows against the current registry and queue the valid ones again.
+
+    Idempotent: only dead/failed rows are touched, so an event already on the stream is never queued
+    again; a second replay of the same rows finds nothing to do. Commits per batch; wakes the relay.
+    """
+    reg = registry or schemas.registry
+    report = ReplayReport(dry_run=dry_run)
+    params = flt.params()
+    if flt.event_ids:
+        wanted = {str(i) for i in flt.event_ids}
+        found = conn.execute(
+            "SELECT event_id::text, status FROM outbox_events WHERE event_id = ANY(%s::uuid[])", (list(wanted),)
+        ).fetchall()
+        seen = {eid: st for eid, st in found}
+        report.not_found = sorted(wanted - set(seen))
+        report.already_published = sorted(e for e, st in seen.items() if st == "published")
+    after = 0
+    while True:
+        rows = conn.execute(sql.SELECT_FOR_REPLAY, {**params, "after": after, "limit": batch}).fetchall()
+        if not rows:
+            break
+        after = rows[-1][0]
+        good: list[int] = []
+        bad_ids: list[int] = []
+        bad_reasons: list[str] = []
+        for row_id, event_id, tenant, event_type, ref, _status, payload in rows:
+            reason = _revalidate(reg, event_type, ref, tenant, payload)
+            if reason is None:
+                good.append(row_id)
+                report.requeued.append(str(event_id))
+            else:
+                bad_ids.append(row_id)
+                bad_reasons.append(reason)
+                report.still_invalid[str(event_id)] = reason
+        report.matched += len(rows)
+        if dry_run:
+            conn.rollback()
+        else:
+            if good:
+                conn.execute(sql.REQUEUE, (good,))
+            if bad_ids:
+                conn.execute(sql.REDEAD, (bad_ids, bad_reasons))
+            conn.commit()
+        if progress:
+            progress(len(rows))
+    if report.requeued and not dry_run:
+        conn.execute(sql.WAKE_RELAY)
+        conn.commit()
+    conn.rollback()
+    return report
+
+
+def count_replayable(conn: psycopg.Connection[Any], flt: Filter = Filter()) -> int:
+    """How many rows a replay with this filter would look at."""
+    row = conn.execute(sql.COUNT_FOR_REPLAY, flt.params()).fetchone()
+    conn.rollback()
+    return int(row[0]) if row else 0
