@@ -1,0 +1,1 @@
+"""The ``outbox`` command line (migrate, relay, status, dead-letters, replay, demo)."""

@@ -1,0 +1,5 @@
+"""``python -m outboxctl``."""
+
+from outboxctl.main import main
+
+raise SystemExit(main())

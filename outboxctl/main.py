@@ -1,0 +1,260 @@
+"""``outbox`` CLI. Every flag has an ``OUTBOX_*`` environment variable, named in ``--help``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from typing import Annotated, Any
+
+import psycopg
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from outbox import migrate as migrations
+from outbox import ops
+from outbox.errors import ConfigurationError, OutboxError
+from outbox.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="Transactional outbox: migrate, run the relay, inspect and replay.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+DbUrl = Annotated[
+    str | None, typer.Option("--database-url", envvar="OUTBOX_DATABASE_URL", help="Postgres URL (libpq PG* if unset)")
+]
+RedisUrl = Annotated[str | None, typer.Option("--redis-url", envvar="OUTBOX_REDIS_URL", help="Redis URL")]
+Stream = Annotated[str | None, typer.Option("--stream", envvar="OUTBOX_STREAM", help="Stream key")]
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout")]
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ConfigurationError as exc:
+        err.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _connect(settings: Settings) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(settings.require_database(), connect_timeout=5, application_name="outbox-cli")
+    except ConfigurationError as exc:
+        err.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+    except psycopg.OperationalError as exc:
+        err.print(f"[red]database unavailable:[/] {str(exc).strip()}")
+        raise typer.Exit(3) from None
+
+
+def _dump(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, default=str, indent=2) + "\n")
+
+
+@app.command()
+def migrate(
+    database_url: DbUrl = None,
+    sql: Annotated[bool, typer.Option("--sql", help="Print the DDL instead of applying it")] = False,
+) -> None:
+    """Create or upgrade the outbox tables (idempotent)."""
+    if sql:
+        migrations.sql()
+        return
+    settings = _settings(database_url=database_url)
+    dsn = settings.require_database() if settings.database_url else None
+    if dsn is None:
+        _connect(settings).close()  # surfaces libpq-variable problems with a clear message
+    try:
+        migrations.upgrade(settings.database_url or "postgresql://")
+    except Exception as exc:  # alembic wraps driver errors in many ways
+        err.print(f"[red]migration failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    err.print("outbox tables are up to date")
+
+
+@app.command()
+def relay(
+    database_url: DbUrl = None,
+    redis_url: RedisUrl = None,
+    stream: Stream = None,
+    batch_size: Annotated[int | None, typer.Option(envvar="OUTBOX_BATCH_SIZE", help="Rows per batch")] = None,
+    wake: Annotated[
+        str | None, typer.Option(envvar="OUTBOX_WAKE", help="notify (LISTEN when idle) or poll (PgBouncer)")
+    ] = None,
+    poll_interval: Annotated[float | None, typer.Option(envvar="OUTBOX_POLL_INTERVAL", help="Busy poll (s)")] = None,
+    idle_poll_interval: Annotated[
+        float | None, typer.Option(envvar="OUTBOX_IDLE_POLL_INTERVAL", help="Idle fallback poll (s)")
+    ] = None,
+    lease_ttl: Annotated[float | None, typer.Option(envvar="OUTBOX_LEASE_TTL", help="Leader lease (s)")] = None,
+    trim_maxlen: Annotated[int | None, typer.Option(envvar="OUTBOX_TRIM_MAXLEN", help="XADD MAXLEN ~ N")] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(envvar="OUTBOX_METRICS_PORT", help="Serve Prometheus metrics")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(envvar="OUTBOX_LOG_LEVEL", help="Logging level")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Drain what is pending, then exit")] = False,
+) -> None:
+    """Run the relay daemon until SIGTERM/SIGINT."""
+    from relay.cli import serve
+
+    settings = _settings(
+        database_url=database_url, redis_url=redis_url, stream=stream, batch_size=batch_size, wake=wake,
+        poll_interval=poll_interval, idle_poll_interval=idle_poll_interval, lease_ttl=lease_ttl,
+        trim_maxlen=trim_maxlen, metrics_port=metrics_port, log_level=log_level,
+    )  # fmt: skip
+    try:
+        settings.require_database()
+        settings.require_redis()
+    except ConfigurationError as exc:
+        err.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+    raise typer.Exit(serve(settings, once=once))
+
+
+@app.command()
+def status(
+    database_url: DbUrl = None,
+    by_tenant: Annotated[bool, typer.Option("--by-tenant", help="Break down per tenant")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Pending rows and the age of the oldest, dead letters, failures, recent throughput, relay leader."""
+    with _connect(_settings(database_url=database_url)) as conn:
+        data = ops.status(conn, by_tenant=by_tenant)
+    if as_json:
+        _dump(data)
+        return
+    t = Table(title="outbox status", show_header=False)
+    age = data.get("oldest_pending_age")
+    t.add_row("pending", str(data["pending"]))
+    t.add_row("oldest pending age", f"{age:.1f}s" if age is not None else "-")
+    t.add_row("dead-lettered", str(data["dead"]))
+    t.add_row("failed", str(data["failed"]))
+    t.add_row("published, last minute", str(data["published_last_minute"]))
+    t.add_row("published, retained", str(data["published_retained"]))
+    t.add_row("relay leader", f"{data['leader'] or '-'} (epoch {data['epoch']}, alive={bool(data['leader_alive'])})")
+    t.add_row("relay idle/listening", str(bool(data["relay_idle"])))
+    out.print(t)
+    if by_tenant:
+        tt = Table("tenant", "pending", "oldest age", "dead", "failed", "published/min", title="per tenant")
+        for r in data["tenants"]:
+            a = r["oldest_pending_age"]
+            tt.add_row(r["tenant_id"], str(r["pending"]), f"{a:.1f}s" if a else "-", str(r["dead"]),
+                       str(r["failed"]), str(r["published_last_minute"]))  # fmt: skip
+        out.print(tt)
+
+
+def _filter(
+    status_: str, event_ids: list[str] | None, event_type: str | None, tenant: str | None,
+    since: datetime | None, until: datetime | None,
+) -> ops.Filter:  # fmt: skip
+    statuses = ops.FAILED_STATUSES if status_ == "all" else (status_,)
+    if status_ not in ("all", *ops.FAILED_STATUSES):
+        err.print(f"[red]--status must be dead, failed or all[/], got {status_!r}")
+        raise typer.Exit(2)
+    return ops.Filter(
+        statuses=statuses, event_ids=event_ids or None, event_type=event_type, tenant=tenant, since=since, until=until
+    )
+
+
+StatusOpt = Annotated[str, typer.Option("--status", help="dead, failed or all")]
+IdsOpt = Annotated[list[str] | None, typer.Option("--id", help="Event id (repeatable)")]
+TypeOpt = Annotated[str | None, typer.Option("--event-type", help="Only this event type")]
+TenantOpt = Annotated[str | None, typer.Option("--tenant", help="Only this tenant")]
+SinceOpt = Annotated[datetime | None, typer.Option("--since", help="occurred_at >= (ISO-8601)")]
+UntilOpt = Annotated[datetime | None, typer.Option("--until", help="occurred_at < (ISO-8601)")]
+
+
+@app.command("dead-letters")
+def dead_letters(
+    database_url: DbUrl = None,
+    status_: StatusOpt = "all",
+    event_id: IdsOpt = None,
+    event_type: TypeOpt = None,
+    tenant: TenantOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    limit: Annotated[int, typer.Option(help="Most rows to list")] = 100,
+    as_json: AsJson = False,
+) -> None:
+    """List dead-lettered and failed rows with their reasons."""
+    flt = _filter(status_, event_id, event_type, tenant, since, until)
+    with _connect(_settings(database_url=database_url)) as conn:
+        rows = ops.dead_letters(conn, flt, limit=limit)
+    if as_json:
+        _dump(rows)
+        return
+    t = Table("event id", "tenant", "event type", "status", "tries", "reason", title=f"{len(rows)} row(s)")
+    for r in rows:
+        t.add_row(str(r["event_id"]), r["tenant_id"], r["event_type"], r["status"], str(r["attempts"]),
+                  escape(r["last_error"] or ""))  # fmt: skip
+    out.print(t)
+
+
+@app.command()
+def replay(
+    database_url: DbUrl = None,
+    status_: StatusOpt = "all",
+    event_id: IdsOpt = None,
+    event_type: TypeOpt = None,
+    tenant: TenantOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and report; change nothing")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Queue dead-lettered/failed rows again after re-validating them against the current schemas."""
+    flt = _filter(status_, event_id, event_type, tenant, since, until)
+    if not (event_id or event_type or tenant or since or until or status_ != "all"):
+        err.print("[yellow]no filter given: replaying every dead-lettered and failed row[/]")
+    with _connect(_settings(database_url=database_url)) as conn:
+        total = ops.count_replayable(conn, flt)
+        with Progress(
+            TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=err, disable=as_json or total < 1000,
+        ) as bar:  # fmt: skip
+            task = bar.add_task("replay", total=total)
+            report = ops.replay(conn, flt, dry_run=dry_run, progress=lambda n: bar.advance(task, n))
+    if as_json:
+        _dump(report.__dict__)
+        return
+    verb = "would requeue" if dry_run else "requeued"
+    out.print(f"matched {report.matched}; {verb} {len(report.requeued)}; still invalid {len(report.still_invalid)}")
+    for eid, why in list(report.still_invalid.items())[:20]:
+        out.print(f"  still invalid {eid}: {why}", markup=False)
+    if report.already_published:
+        out.print(f"already published (not replayed): {', '.join(report.already_published)}")
+    if report.not_found:
+        out.print(f"not found: {', '.join(report.not_found)}")
+
+
+@app.command()
+def demo(
+    transactions: Annotated[int, typer.Option(help="Business transactions in the burst")] = 2000,
+    writers: Annotated[int, typer.Option(help="Concurrent writer threads")] = 8,
+    database_url: DbUrl = None,
+    redis_url: RedisUrl = None,
+) -> None:
+    """Start throwaway Postgres+Redis (unless URLs are set), run a realistic burst, relay it and check it."""
+    from outboxctl.demo import run_demo
+
+    raise typer.Exit(run_demo(transactions=transactions, writers=writers, database_url=database_url,
+                              redis_url=redis_url, console=out))  # fmt: skip
+
+
+def main() -> int:
+    """Console-script entry point."""
+    try:
+        app()
+    except OutboxError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        return 1
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
