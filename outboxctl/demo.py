@@ -180,12 +180,12 @@ def run_demo(
         relay.send_signal(signal.SIGTERM)
         relay_rc = relay.wait(15)
         rds = redis.Redis.from_url(rurl, decode_responses=True)
-        entries = rds.xrange(stream)
+        entries: list[tuple[str, dict[str, str]]] = rds.xrange(stream)  # type: ignore[assignment]
         rds.delete(stream)
         for key in rds.scan_iter(match=f"*{stream}*"):
             rds.delete(key)
         with psycopg.connect(dsn) as c:
-            dead = dict(c.execute(
+            dead: dict[str, str] = dict(c.execute(
                 "SELECT event_id::text, last_error FROM outbox_events WHERE status = 'dead'").fetchall())  # fmt: skip
 
     seen: dict[str, int] = {}
