@@ -80,8 +80,11 @@ def test_unknown_event_type_and_field_errors_name_the_field():
     with pytest.raises(UnknownEventType):
         schemas.validate("TICKET_FROBNICATED", {})
     with pytest.raises(PayloadValidationError) as exc:
-        schemas.validate("TICKET_STATUS_CHANGED", {"tenantId": "t", "occurredAt": "2026-01-01T00:00:00Z",
-                                                   "ticketId": "x", "previousStatusId": "a", "newStatusId": "b"})  # fmt: skip
+        schemas.validate(
+            "TICKET_STATUS_CHANGED",
+            {"tenantId": "t", "occurredAt": "2026-01-01T00:00:00Z", "ticketId": "x",
+             "previousStatusId": "a", "newStatusId": "b"},
+        )  # fmt: skip
     assert exc.value.field == "ticketId" and "UUID" in exc.value.reason
     with pytest.raises(PayloadValidationError) as exc:
         schemas.validate("TICKET_STATUS_CHANGED", {"tenantId": "t", "occurredAt": "2026-01-01T00:00:00+02:00",
