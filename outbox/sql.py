@@ -96,7 +96,7 @@ COUNT_FOR_REPLAY: LiteralString = "SELECT count(*) FROM outbox_events WHERE " + 
 # Replay puts a row back in the queue; it gets a fresh position (publish_seq) at the next claim.
 # Only dead/failed rows qualify, so a published event can never be queued twice.
 REQUEUE: LiteralString = """
-UPDATE outbox_events SET status = 'pending', publish_seq = NULL, attempts = 0, next_attempt_at = NULL,
+UPDATE outbox_events SET status = 'pending', publish_seq = NULL, attempts = 0,
        last_error = 'replayed at ' || clock_timestamp()::text || ' after: ' || coalesce(last_error, '')
 WHERE id = ANY(%s::bigint[]) AND status IN ('dead', 'failed')
 """

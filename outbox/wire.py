@@ -36,6 +36,27 @@ def user_id_of(payload: Any) -> str:
     return str(value) if value else ""
 
 
+def values(
+    *,
+    event_id: str,
+    event_type: str,
+    tenant: str,
+    timestamp: str,
+    payload_json: str,
+    user_id: str = "",
+    execution_id: str | None = None,
+    event_name: str | None = None,
+    from_state: str | None = None,
+    to_state: str | None = None,
+    correlation_key: str | None = None,
+) -> list[str]:
+    """The values of one stream entry in ``FIELDS`` order (``timestamp`` already ISO-8601 UTC)."""
+    return [
+        event_id, execution_id or "", event_name or event_type, event_type, tenant, timestamp, user_id,
+        from_state or "", to_state or "", payload_json, correlation_key or "",
+    ]  # fmt: skip
+
+
 def encode(
     *,
     event_id: str,

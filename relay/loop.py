@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -45,20 +44,31 @@ class RelayStats:
 
 @dataclass(slots=True)
 class _Row:
+    batch: int
+    seq: int
     id: int
     event_id: uuid.UUID
-    seq: int
     tenant_id: str
     event_type: str
     schema_ref: str
     payload: str
-    occurred_at: datetime
+    timestamp: str
     execution_id: str | None
     event_name: str | None
     from_state: str | None
     to_state: str | None
     correlation_key: str | None
     attempts: int
+
+
+@dataclass(slots=True)
+class _Mark:
+    """The outcome of one batch, written (with the batch closed) in the next claim's transaction."""
+
+    batch: int
+    published: list[tuple[int, str | None, int]] = field(default_factory=list)  # (row id, stream id, seq)
+    dead: list[tuple[int, str]] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)
 
 
 class _Stop(Exception):
@@ -90,6 +100,7 @@ class Relay:
                     url,
                     settings.stream,
                     fence_key(settings.stream, instance_id),
+                    wire.FIELDS,
                     trim_maxlen=settings.trim_maxlen,
                     trim_minid_age=settings.trim_minid_age,
                     wait_replicas=settings.redis_wait_replicas,
@@ -106,6 +117,7 @@ class Relay:
         self._instance_id: str | None = None
         self.epoch: int | None = None
         self._recover = True
+        self._mark: _Mark | None = None
         self._idle = False
         self._renewed_at = 0.0
         self._pruned_at = 0.0
@@ -146,6 +158,7 @@ class Relay:
         if self.epoch is not None and self._db is not None and not self._db.closed:
             try:
                 self._db.rollback()
+                self._flush_mark(self._db)
                 self._db.execute(sql.RELEASE, {"epoch": self.epoch})
                 self._db.commit()
                 log.info("relay %s released the lease (epoch %s)", self.me, self.epoch)
@@ -178,13 +191,15 @@ class Relay:
         rows, recovered = self._claim(db)
         if rows:
             self._idle = False
-            # Rows reserved by an earlier incarnation at or below the fence are already on the stream.
+            # Rows of an interrupted batch at or below the fence are already on the stream.
             hwm = self._with_broker(lambda p: p.high_water()) if recovered else 0
-            self._process(db, rows, hwm)
+            self._process(rows, hwm)
             self._last_busy = time.monotonic()
-            if len(rows) < self.settings.batch_size and self.settings.poll_interval:
+            if len(rows) < self.settings.batch_size and self.settings.poll_interval and not recovered:
                 self._stop.wait(self.settings.poll_interval)  # let a few more rows gather
             return True
+        if recovered:
+            return True  # an interrupted batch with nothing left pending was just closed
         if until_idle:
             return False
         self._wait_for_work(db)
@@ -263,27 +278,55 @@ class Relay:
     # ---- claim / process / mark --------------------------------------------------------------------
 
     def _claim(self, db: psycopg.Connection[Any]) -> tuple[list[_Row], bool]:
-        limit = self.settings.batch_size
+        """Write the previous batch's marks and claim the next batch: one transaction, one round trip."""
         if self._recover:
-            rows = db.execute(sql.CLAIM_RESERVED, {"limit": limit}).fetchall()
-            db.commit()
-            if rows:
-                log.info("recovering %d reserved row(s) from an interrupted batch", len(rows))
-                return self._rows(rows), True
+            batches = db.execute(sql.OPEN_BATCHES).fetchall()
+            db.rollback()
+            if batches:
+                batch_id = int(batches[0][0])
+                log.info("recovering interrupted batch %s (%d open)", batch_id, len(batches))
+                with db.pipeline():
+                    self._write_mark(db)
+                    cur = db.execute(sql.RECOVER_BATCH, {"batch": batch_id})
+                    db.commit()
+                rows = [_Row(*r) for r in cur.fetchall()]
+                self._mark = _Mark(batch_id)  # closes the batch even if no row of it is left pending
+                return rows, True
             self._recover = False
-        rows = db.execute(
-            sql.CLAIM_NEW, {"limit": limit, "epoch": self.epoch, "ttl": self.settings.lease_ttl}
-        ).fetchall()
-        db.commit()
+        params = {"limit": self.settings.batch_size, "epoch": self.epoch, "ttl": self.settings.lease_ttl}
+        with db.pipeline():
+            self._write_mark(db)
+            cur = db.execute(sql.CLAIM, params)
+            db.commit()
+        rows = [_Row(*r) for r in cur.fetchall()]
         if rows:
             self._renewed_at = time.monotonic()
-        return self._rows(rows), False
+        return rows, False
 
-    @staticmethod
-    def _rows(rows: list[tuple[Any, ...]]) -> list[_Row]:
-        out = [_Row(*r) for r in rows]
-        out.sort(key=lambda r: r.seq)  # RETURNING order is not guaranteed
-        return out
+    def _write_mark(self, db: psycopg.Connection[Any]) -> None:
+        mark, self._mark = self._mark, None
+        if mark is None:
+            return
+        if mark.published:
+            db.execute(
+                sql.MARK_PUBLISHED,
+                {"ids": [m[0] for m in mark.published], "sids": [m[1] for m in mark.published],
+                 "seqs": [m[2] for m in mark.published]},
+            )  # fmt: skip
+        if mark.dead:
+            db.execute(sql.MARK_DEAD, {"ids": [m[0] for m in mark.dead], "reasons": [m[1] for m in mark.dead]})
+        if mark.failed:
+            db.execute(sql.MARK_FAILED, {"ids": [m[0] for m in mark.failed], "reasons": [m[1] for m in mark.failed]})
+        db.execute(sql.CLOSE_BATCH, (mark.batch,))
+
+    def _flush_mark(self, db: psycopg.Connection[Any]) -> None:
+        """Write a pending mark on its own. synchronous_commit=off is safe here (and only here): a lost
+        mark leaves its batch open, and the fence drops its events when the batch is sent again."""
+        if self._mark is None:
+            return
+        db.execute("SET LOCAL synchronous_commit = off")
+        self._write_mark(db)
+        db.commit()
 
     def _encode(self, r: _Row) -> list[str]:
         model = self.registry.validate_json(r.event_type, r.payload, ref=r.schema_ref)
@@ -293,11 +336,11 @@ class Relay:
         size = len(r.payload.encode()) if len(r.payload) * 4 > self.settings.max_payload_bytes else 0
         if size > self.settings.max_payload_bytes:
             raise PayloadTooLarge(r.event_type, size, self.settings.max_payload_bytes)
-        return wire.encode(
+        return wire.values(
             event_id=str(r.event_id),
             event_type=r.event_type,
             tenant=tenant,
-            occurred_at=r.occurred_at,
+            timestamp=r.timestamp,
             payload_json=r.payload,
             user_id=wire.user_id_of(model),
             execution_id=r.execution_id,
@@ -307,55 +350,69 @@ class Relay:
             correlation_key=r.correlation_key,
         )
 
-    def _process(self, db: psycopg.Connection[Any], rows: list[_Row], hwm: int = 0) -> None:
+    def _process(self, rows: list[_Row], hwm: int = 0) -> None:
         started = time.perf_counter()
         self.stats.batches += 1
         metrics.BATCHES.inc()
+        mark = _Mark(rows[0].batch)
         good: list[_Row] = []
         out: list[Outgoing] = []
-        dead: list[tuple[_Row, str]] = []
-        failed: list[tuple[int, str]] = []
-        done: list[tuple[int, str | None]] = []
         for r in rows:
             if r.seq <= hwm:
-                done.append((r.id, None))
+                mark.published.append((r.id, None, r.seq))
                 self.stats.fence_skipped += 1
+                metrics.DEDUPED.inc()
                 continue
             if r.attempts > self.settings.max_attempts:
-                failed.append((r.id, f"claimed {r.attempts} times without being published (poison row?)"))
+                mark.failed.append((r.id, f"carried by {r.attempts} interrupted relay batches (poison row?)"))
                 continue
             try:
-                fields = self._encode(r)
+                values = self._encode(r)
             except OutboxError as exc:
-                dead.append((r, f"{type(exc).__name__} [{r.schema_ref}] {exc}"))
+                mark.dead.append((r.id, f"{type(exc).__name__} [{r.schema_ref}] {exc}"))
+                log.warning("dead-lettered event %s (%s): %s", r.event_id, r.event_type, mark.dead[-1][1])
+                metrics.DEAD.labels(r.event_type).inc()
                 continue
             good.append(r)
-            out.append(Outgoing(r.seq, fields))
+            out.append(Outgoing(r.seq, values))
         try:
-            self._publish(out, good, done)
+            self._publish(out, good, mark)
         finally:
-            # Mark what is known to be on the stream even when interrupted; the rest stays reserved.
-            # synchronous_commit=off is safe here (and only here): a lost mark leaves the rows reserved,
-            # and the fence drops them when they are sent again.
-            if done or dead or failed:
-                db.execute("SET LOCAL synchronous_commit = off")
-                if done:
-                    db.execute(sql.MARK_PUBLISHED, ([i for i, _ in done], [s for _, s in done]))
-                if dead:
-                    db.execute(sql.MARK_DEAD, ([r.id for r, _ in dead], [m for _, m in dead]))
-                if failed:
-                    db.execute(sql.MARK_FAILED, ([i for i, _ in failed], [m for _, m in failed]))
-                db.commit()
-        for r, why in dead:
-            metrics.DEAD.labels(r.event_type).inc()
-            log.warning("dead-lettered event %s (%s): %s", r.event_id, r.event_type, why)
-        self.stats.dead += len(dead)
-        self.stats.failed += len(failed)
-        metrics.FAILED.inc(len(failed))
+            # Whatever is known to be on the stream gets marked, even when interrupted; if the batch is
+            # not complete it stays open and is recovered (the fence drops what was already sent).
+            if len(mark.published) + len(mark.dead) + len(mark.failed) == len(rows):
+                self._mark = mark
+            else:
+                self._recover = True
+                if self._db is not None and (mark.published or mark.dead):
+                    partial = _Mark(-1, mark.published, mark.dead, mark.failed)
+                    with contextlib.suppress(psycopg.Error):
+                        self._mark = partial
+                        self._flush_mark_rows(self._db)
+        self.stats.dead += len(mark.dead)
+        self.stats.failed += len(mark.failed)
+        metrics.FAILED.inc(len(mark.failed))
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
-    def _publish(self, out: list[Outgoing], good: list[_Row], done: list[tuple[int, str | None]]) -> None:
-        """Send ``out`` until all of it is known to be on the stream; fills ``done`` as it goes."""
+    def _flush_mark_rows(self, db: psycopg.Connection[Any]) -> None:
+        """Mark rows of a batch that stays open (interrupted mid-way); the batch itself is not closed."""
+        mark, self._mark = self._mark, None
+        if mark is None:
+            return
+        db.rollback()
+        db.execute("SET LOCAL synchronous_commit = off")
+        if mark.published:
+            db.execute(
+                sql.MARK_PUBLISHED,
+                {"ids": [m[0] for m in mark.published], "sids": [m[1] for m in mark.published],
+                 "seqs": [m[2] for m in mark.published]},
+            )  # fmt: skip
+        if mark.dead:
+            db.execute(sql.MARK_DEAD, {"ids": [m[0] for m in mark.dead], "reasons": [m[1] for m in mark.dead]})
+        db.commit()
+
+    def _publish(self, out: list[Outgoing], good: list[_Row], mark: _Mark) -> None:
+        """Send ``out`` until all of it is known to be on the stream; fills ``mark.published`` as it goes."""
         attempt = 0
         while out:
             assert self._publisher is not None
@@ -367,7 +424,7 @@ class Relay:
             else:
                 n = len(result.ids)
                 for r, sid in zip(good[:n], result.ids, strict=True):
-                    done.append((r.id, sid))
+                    mark.published.append((r.id, sid, r.seq))
                     if sid is None:
                         self.stats.fence_skipped += 1
                         metrics.DEDUPED.inc()
@@ -428,6 +485,7 @@ class Relay:
             # Pure polling (PgBouncer transaction mode): back off gently up to idle_poll_interval.
             self._stop.wait(min(s.idle_poll_interval, max(s.poll_interval, quiet / 10)))
             return
+        self._flush_mark(db)
         if not self._idle:
             # Going idle: LISTEN first, then tell writers to notify, then poll once more (the caller
             # loops) so a row committed between our last poll and the flag is not left waiting.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,10 +14,10 @@ from outbox.errors import BrokerError
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One event ready to publish: its relay position and its flat field/value list."""
+    """One event ready to publish: its relay position and its field values (in the publisher's field order)."""
 
     seq: int
-    fields: list[str]
+    values: Sequence[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,28 +66,35 @@ class Publisher(Protocol):
 # when that second matters. The fence key must never be evicted: run Redis with
 # `maxmemory-policy noeviction` (streams need it anyway). In a cluster the fence key shares the
 # stream's hash slot through a hash tag.
+# ARGV: trim mode ('' | MAXLEN | MINID), trim threshold, field count N, the N field names, then per
+# event its position followed by its N values. Plain arguments (no JSON in Lua): redis-py packs
+# them in C through hiredis, and Redis does no decoding work.
 _FENCE_LUA = """
-local events = cjson.decode(ARGV[1])
+local nf = tonumber(ARGV[3])
+local args
+if ARGV[1] ~= '' then args = {KEYS[1], ARGV[1], '~', ARGV[2], '*'} else args = {KEYS[1], '*'} end
+local off = #args
+for j = 1, nf do args[off + 2 * j - 1] = ARGV[3 + j] end
 local hwm = tonumber(redis.call('GET', KEYS[2]) or '0')
 local out = {}
-local prefix = {KEYS[1]}
-if ARGV[2] ~= '' then prefix = {KEYS[1], ARGV[2], '~', ARGV[3]} end
-for i, ev in ipairs(events) do
-  local seq = ev[1]
+local k = 0
+local i = 4 + nf
+while i <= #ARGV do
+  k = k + 1
+  local seq = tonumber(ARGV[i])
   if seq <= hwm then
-    out[i] = 0
+    out[k] = 0
   else
-    local args = {unpack(prefix)}
-    args[#args + 1] = '*'
-    for j = 2, #ev do args[#args + 1] = ev[j] end
+    for j = 1, nf do args[off + 2 * j] = ARGV[i + j] end
     local id = redis.pcall('XADD', unpack(args))
     if type(id) == 'table' and id.err then
       redis.call('SET', KEYS[2], hwm)
       return {out, id.err}
     end
-    out[i] = id
+    out[k] = id
     hwm = seq
   end
+  i = i + 1 + nf
 end
 redis.call('SET', KEYS[2], hwm)
 return {out, ''}
@@ -120,6 +126,7 @@ class RedisStreamPublisher:
         client: redis.Redis,
         stream: str,
         fence: str,
+        field_names: Sequence[str],
         *,
         trim_maxlen: int | None = None,
         trim_minid_age: float | None = None,
@@ -130,18 +137,21 @@ class RedisStreamPublisher:
         self.stream = stream
         self.fence = fence
         self._script = client.register_script(_FENCE_LUA)
+        self._head = [str(len(field_names)), *field_names]
         self._trim_maxlen = trim_maxlen
         self._trim_minid_age = trim_minid_age
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
 
     @classmethod
-    def from_url(cls, url: str, stream: str, fence: str, **kwargs: Any) -> RedisStreamPublisher:
+    def from_url(
+        cls, url: str, stream: str, fence: str, field_names: Sequence[str], **kwargs: Any
+    ) -> RedisStreamPublisher:
         """A publisher on its own connection pool (socket timeouts so a dead Redis cannot hang the relay)."""
         client = redis.Redis.from_url(
             url, socket_timeout=10, socket_connect_timeout=3, health_check_interval=30, retry_on_timeout=False
         )
-        return cls(client, stream, fence, **kwargs)
+        return cls(client, stream, fence, field_names, **kwargs)
 
     def _trim(self) -> tuple[str, str]:
         if self._trim_maxlen:
@@ -162,10 +172,13 @@ class RedisStreamPublisher:
         """Run the fence script on the batch; ``BrokerError`` if nothing is known to have happened."""
         if not batch:
             return PublishResult([])
-        blob = json.dumps([[o.seq, *o.fields] for o in batch], ensure_ascii=False, separators=(",", ":"))
         mode, threshold = self._trim()
+        args: list[Any] = [mode, threshold, *self._head]
+        for o in batch:
+            args.append(o.seq)
+            args.extend(o.values)
         try:
-            raw_ids, err = self._script(keys=[self.stream, self.fence], args=[blob, mode, threshold])
+            raw_ids, err = self._script(keys=[self.stream, self.fence], args=args)
         except redis.RedisError as exc:
             raise classify(exc) from exc
         ids: list[str | None] = [

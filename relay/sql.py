@@ -37,79 +37,95 @@ UPDATE outbox_relay SET last_seq = greatest(last_seq, %(hwm)s)
 WHERE name = 'default' AND epoch = %(epoch)s RETURNING last_seq
 """
 
-_RETURNING: LiteralString = (
-    "o.id, o.event_id, o.publish_seq, o.tenant_id, o.event_type, o.schema_ref, o.payload::text, "
-    "o.occurred_at, o.execution_id, o.event_name, o.from_state, o.to_state, o.correlation_key, o.attempts"
+_COLUMNS: LiteralString = (
+    "e.id, e.event_id, e.tenant_id, e.event_type, e.schema_ref, e.payload::text, "
+    "to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), "
+    "e.execution_id, e.event_name, e.from_state, e.to_state, e.correlation_key, e.attempts"
 )
 
-# The claim: one statement. Takes the oldest committed pending rows (id order; uncommitted rows are
-# invisible, so a late-committing transaction's row is simply taken by a later claim, never
-# skipped), numbers them after outbox_relay.last_seq, and advances last_seq, but only if this relay
-# still holds the epoch. The `bump` UPDATE locks the relay row; under READ COMMITTED a concurrent
-# takeover either waits for this claim to commit (and then sees its reservations) or has already
-# bumped the epoch, in which case `bump` matches no row and nothing is reserved. With no pending
-# rows nothing is written, so idle polling costs no WAL flush.
-#   Plan (200k backlog): Limit -> Index Scan using outbox_events_pending_idx; LockRows; Update.
-CLAIM_NEW: LiteralString = (
+# The claim: one statement, nothing written to outbox_events. It reads the oldest committed pending
+# rows in id order (uncommitted rows are invisible, so a late-committing transaction's row is simply
+# taken by a later claim, never skipped), gives them the positions after outbox_relay.last_seq, and
+# records them as an open batch, but only while this relay holds the epoch. The `bump` UPDATE locks
+# the relay row: under READ COMMITTED a concurrent takeover either waits for this claim to commit
+# (and then finds its open batch) or has already bumped the epoch, in which case `bump` matches no
+# row, no batch is written and nothing is returned. With no pending rows nothing is written at all,
+# so idle polling costs no WAL flush. Only called when this relay has no open batch, so every
+# pending row it sees is free.
+#   Plan: Limit -> Index Scan using outbox_events_pending_idx (exact predicate, id order); the
+#   relay row by its primary key.
+CLAIM: LiteralString = (
     """
-WITH picked AS (
-    SELECT id FROM outbox_events
-    WHERE status = 'pending' AND publish_seq IS NULL
-      AND (next_attempt_at IS NULL OR next_attempt_at <= clock_timestamp())
-    ORDER BY id LIMIT %(limit)s
-    FOR UPDATE
-), n AS (SELECT count(*) AS c FROM picked),
+WITH picked AS MATERIALIZED (
+    SELECT """
+    + _COLUMNS
+    + """
+    FROM outbox_events e WHERE e.status = 'pending' ORDER BY e.id LIMIT %(limit)s
+), n AS (SELECT count(*) AS c, array_agg(id ORDER BY id) AS ids FROM picked),
 bump AS (
-    UPDATE outbox_relay SET last_seq = last_seq + (SELECT c FROM n),
+    UPDATE outbox_relay r SET last_seq = r.last_seq + n.c,
            lease_until = clock_timestamp() + make_interval(secs => %(ttl)s), notify_until = NULL
-    WHERE name = 'default' AND epoch = %(epoch)s AND (SELECT c FROM n) > 0
-    RETURNING last_seq - (SELECT c FROM n) AS base
-), numbered AS (
-    SELECT p.id, b.base + row_number() OVER (ORDER BY p.id) AS seq FROM picked p, bump b
+    FROM n WHERE r.name = 'default' AND r.epoch = %(epoch)s AND n.c > 0
+    RETURNING r.last_seq - n.c AS base
+), batch AS (
+    INSERT INTO outbox_batches (epoch, first_seq, event_ids)
+    SELECT %(epoch)s, bump.base + 1, n.ids FROM bump, n
+    RETURNING id
 )
-UPDATE outbox_events o SET publish_seq = numbered.seq, attempts = o.attempts + 1
-FROM numbered WHERE o.id = numbered.id
-RETURNING """
-    + _RETURNING
+SELECT (SELECT id FROM batch), bump.base + row_number() OVER (ORDER BY p.id), p.*
+FROM picked p, bump
+ORDER BY p.id
+"""
 )
 
-# Rows reserved by an earlier incarnation (or a predecessor) and not yet marked: they go first, in
-# position order, with their old positions, so the fence drops the ones already on the stream.
-CLAIM_RESERVED: LiteralString = (
+OPEN_BATCHES: LiteralString = "SELECT id, first_seq, event_ids FROM outbox_batches ORDER BY first_seq"
+
+# An interrupted batch's rows that are still pending, with their original positions. Counts the
+# interruption against each row (a row that keeps killing relays ends up 'failed').
+RECOVER_BATCH: LiteralString = (
     """
-WITH picked AS (
-    SELECT id FROM outbox_events
-    WHERE status = 'pending' AND publish_seq IS NOT NULL
-    ORDER BY publish_seq LIMIT %(limit)s
-    FOR UPDATE
+WITH b AS (UPDATE outbox_batches SET attempts = attempts + 1 WHERE id = %(batch)s RETURNING first_seq, event_ids),
+u AS (SELECT x.id, b.first_seq + x.ord - 1 AS seq FROM b, unnest(b.event_ids) WITH ORDINALITY AS x(id, ord)),
+bumped AS (
+    UPDATE outbox_events e SET attempts = e.attempts + 1
+    FROM u WHERE e.id = u.id AND e.status = 'pending'
+    RETURNING e.id
 )
-UPDATE outbox_events o SET attempts = o.attempts + 1
-FROM picked WHERE o.id = picked.id
-RETURNING """
-    + _RETURNING
+SELECT %(batch)s, u.seq, """
+    + _COLUMNS.replace("e.attempts", "e.attempts + 1")  # the CTE's increment is not visible here
+    + """
+FROM u JOIN outbox_events e ON e.id = u.id
+WHERE e.status = 'pending'
+ORDER BY u.seq
+"""
 )
 
+CLOSE_BATCH: LiteralString = "DELETE FROM outbox_batches WHERE id = %s"
+
+# Marks join on the primary key (o.id = ANY(...)) so the plan never depends on stale statistics of
+# the pending index during a sudden backlog.
 MARK_PUBLISHED: LiteralString = """
 UPDATE outbox_events o
-SET status = 'published', published_at = clock_timestamp(), stream_id = u.sid, last_error = NULL
-FROM unnest(%s::bigint[], %s::text[]) AS u(id, sid)
-WHERE o.id = u.id AND o.status = 'pending'
+SET status = 'published', published_at = clock_timestamp(), stream_id = u.sid, publish_seq = u.seq,
+    last_error = NULL
+FROM unnest(%(ids)s::bigint[], %(sids)s::text[], %(seqs)s::bigint[]) AS u(id, sid, seq)
+WHERE o.id = ANY(%(ids)s::bigint[]) AND o.id = u.id AND o.status = 'pending'
 """
 
 MARK_DEAD: LiteralString = """
 UPDATE outbox_events o
-SET status = 'dead', last_error = u.reason, publish_seq = NULL
-FROM unnest(%s::bigint[], %s::text[]) AS u(id, reason)
-WHERE o.id = u.id AND o.status = 'pending'
+SET status = 'dead', last_error = u.reason
+FROM unnest(%(ids)s::bigint[], %(reasons)s::text[]) AS u(id, reason)
+WHERE o.id = ANY(%(ids)s::bigint[]) AND o.id = u.id AND o.status = 'pending'
 """
 
-# A row claimed max_attempts times without being published was in flight through that many relay
-# crashes: treat it as a poison pill rather than crash-looping on it.
+# A row carried by max_attempts interrupted batches went down with that many relays: treat it as a
+# poison pill rather than crash-looping on it.
 MARK_FAILED: LiteralString = """
 UPDATE outbox_events o
-SET status = 'failed', last_error = u.reason, publish_seq = NULL
-FROM unnest(%s::bigint[], %s::text[]) AS u(id, reason)
-WHERE o.id = u.id AND o.status = 'pending'
+SET status = 'failed', last_error = u.reason
+FROM unnest(%(ids)s::bigint[], %(reasons)s::text[]) AS u(id, reason)
+WHERE o.id = ANY(%(ids)s::bigint[]) AND o.id = u.id AND o.status = 'pending'
 """
 
 PRUNE_PUBLISHED: LiteralString = """

@@ -106,10 +106,11 @@ def test_replay_filters_by_type_tenant_and_time(settings, db_url):
 def test_crash_looping_row_is_marked_failed_and_replayable(settings, rds, stream, db_url):
     with psycopg.connect(db_url) as conn:
         (eid,) = _valid(conn, 1)
-        # As if the row had been in flight through more relay crashes than max_attempts allows,
-        # holding a position the stream fence has never seen.
+        # As if the row had been in flight through more relay crashes than max_attempts allows, in an
+        # open batch whose position the stream fence has never seen.
         conn.execute(
-            "UPDATE outbox_events SET attempts = %s, publish_seq = 1000000 WHERE event_id = %s",
+            "WITH r AS (UPDATE outbox_events SET attempts = %s WHERE event_id = %s RETURNING id) "
+            "INSERT INTO outbox_batches (epoch, first_seq, event_ids) SELECT 0, 1000000, array[r.id] FROM r",
             (settings.max_attempts, eid),
         )
         conn.commit()
@@ -118,7 +119,7 @@ def test_crash_looping_row_is_marked_failed_and_replayable(settings, rds, stream
     assert stream_entries(rds, stream) == []
     with psycopg.connect(db_url) as conn:
         (row,) = ops.dead_letters(conn, ops.Filter(statuses=("failed",)))
-        assert "claimed" in row["last_error"]
+        assert "interrupted relay batches" in row["last_error"]
         assert ops.replay(conn, ops.Filter(statuses=("failed",))).requeued == [eid]
     Relay(settings).run(until_idle=True)
     assert [f["event_id"] for _, f in stream_entries(rds, stream)] == [eid]
@@ -130,8 +131,13 @@ def test_recovered_row_below_the_fence_is_marked_published_not_resent(settings, 
         conn.commit()
     Relay(settings).run(until_idle=True)
     assert len(stream_entries(rds, stream)) == 3
-    # Simulate a relay killed after XADD but before the mark: the rows are back to reserved.
+    # Simulate a relay killed after XADD but before the mark: the rows are pending again and their
+    # batch (same positions) is still open.
     with psycopg.connect(db_url) as conn:
+        conn.execute(
+            "INSERT INTO outbox_batches (epoch, first_seq, event_ids) "
+            "SELECT 0, min(publish_seq), array_agg(id ORDER BY publish_seq) FROM outbox_events"
+        )
         conn.execute("UPDATE outbox_events SET status = 'pending', published_at = NULL, stream_id = NULL")
         conn.commit()
     stats = Relay(settings).run(until_idle=True)

@@ -1,4 +1,4 @@
-"""Outbox tables: outbox_events (the outbox) and outbox_relay (relay leadership, sequence, wake-up flag).
+"""Outbox tables: outbox_events (the outbox), outbox_relay (leadership, positions, wake-up), outbox_batches.
 
 Revision ID: outbox_0001
 Revises:
@@ -34,11 +34,11 @@ CREATE TABLE outbox_events (
     xid              xid8        NOT NULL DEFAULT pg_current_xact_id(),
     status           text        NOT NULL DEFAULT 'pending'
                      CHECK (status IN ('pending', 'published', 'dead', 'failed')),
-    -- position assigned by the relay leader at claim time; the Redis fence compares against it
+    -- position on the stream given by the relay leader (recorded when marked published)
     publish_seq      bigint,
+    -- how many relay batches carried this row without finishing (crash loops -> 'failed')
     attempts         integer     NOT NULL DEFAULT 0,
     last_error       text,
-    next_attempt_at  timestamptz,
     published_at     timestamptz,
     stream_id        text,
     CONSTRAINT outbox_events_event_id_key UNIQUE (event_id)
@@ -62,9 +62,23 @@ CREATE TABLE outbox_relay (
     notify_until  timestamptz
 );
 INSERT INTO outbox_relay (name) VALUES ('default');
+
+-- Open relay batches: positions handed out and not yet marked. A batch row is written in the
+-- claim's transaction (before anything is sent to Redis) and deleted in the mark's transaction, so
+-- after any crash the open batches say exactly which rows may already be on the stream, under
+-- which positions. Claiming writes nothing to outbox_events itself.
+CREATE TABLE outbox_batches (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    epoch       bigint      NOT NULL,
+    first_seq   bigint      NOT NULL,
+    event_ids   bigint[]    NOT NULL,   -- outbox_events.id in position order
+    attempts    integer     NOT NULL DEFAULT 1,
+    created_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
 """
 
 DOWNGRADE = """
+DROP TABLE IF EXISTS outbox_batches;
 DROP TABLE IF EXISTS outbox_relay;
 DROP TABLE IF EXISTS outbox_events;
 """
