@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from outbox import migrate as migrations
+from outboxctl import catalog_cmd, schemas_cmd, simulate_cmd
 from outbox import ops
 from outbox.errors import ConfigurationError, OutboxError
 from outbox.settings import Settings, load_settings
@@ -25,6 +26,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(schemas_cmd.app, name="schemas", help="Payload contracts: export JSON Schemas, check evolution.")
+app.add_typer(catalog_cmd.app, name="catalog", help="Event catalog: sync, list, show, export.")
+app.add_typer(simulate_cmd.app, name="simulate", help="Build realistic (or invalid) payloads from the schemas.")
 err = Console(stderr=True)
 out = Console()
 
