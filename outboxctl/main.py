@@ -28,7 +28,9 @@ app = typer.Typer(
 )
 app.add_typer(schemas_cmd.app, name="schemas", help="Payload contracts: export JSON Schemas, check evolution.")
 app.add_typer(catalog_cmd.app, name="catalog", help="Event catalog: sync, list, show, export.")
-app.add_typer(simulate_cmd.app, name="simulate", help="Build realistic (or invalid) payloads from the schemas.")
+app.command("simulate", help="Build a realistic (or deliberately invalid) payload from an event's schema.")(
+    simulate_cmd.simulate
+)
 err = Console(stderr=True)
 out = Console()
 

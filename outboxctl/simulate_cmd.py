@@ -1,7 +1,10 @@
-"""CLI commands (placeholder until implemented)."""
+"""``outbox simulate`` (placeholder until implemented)."""
 
 from __future__ import annotations
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+def simulate(event_type: str) -> None:
+    """Build a realistic payload for EVENT_TYPE from its schema and print it as JSON."""
+    raise typer.Exit(1)
