@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import psycopg
 import uuid_utils.compat as uuid_utils
+from psycopg.rows import tuple_row
 from pydantic import BaseModel
 from sqlalchemy.engine import Connection as SAConnection
 from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
@@ -100,20 +101,29 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"{type(o).__name__} is not JSON serializable")
 
 
-def _find_non_utc(value: Any, path: str = "") -> str:
+def _is_bad(value: Any) -> bool:
     if isinstance(value, datetime):
+        off = value.utcoffset()
+        return off is None or off != timedelta(0)
+    return False
+
+
+def _find(value: Any, bad: Any, path: str = "") -> str | None:
+    """Dot path of the first value for which ``bad(value)`` holds, or None."""
+    if bad(value):
         return path
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            found = _find_non_utc(v, f"{path}.{k}" if path else str(k))
-            if found or isinstance(v, datetime):
-                return found
-    if isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            found = _find_non_utc(v, f"{path}.{i}" if path else str(i))
-            if found or isinstance(v, datetime):
-                return found
-    return ""
+    items: Any = (
+        value.items() if isinstance(value, Mapping) else (enumerate(value) if isinstance(value, list | tuple) else ())
+    )
+    for k, v in items:
+        found = _find(v, bad, f"{path}.{k}" if path else str(k))
+        if found is not None:
+            return found
+    return None
+
+
+def _has_nul(value: Any) -> bool:
+    return isinstance(value, str) and "\x00" in value
 
 
 def utc_iso(ts: datetime) -> str:
@@ -208,6 +218,10 @@ def prepare(
 
     declared = _declared(event_type)
     if occurred_at is not None:
+        if not isinstance(occurred_at, datetime):
+            raise InvalidArgument(
+                event_type, "occurred_at", f"must be a timezone-aware UTC datetime, got {occurred_at!r}"
+            )
         off = occurred_at.utcoffset()
         if off is None or off != timedelta(0):
             raise NonUtcTimestamp(event_type, entry.ref, [FieldError("occurred_at", "must be timezone-aware UTC")])
@@ -217,14 +231,21 @@ def prepare(
     _fill_actor(event_type, data, actor)
 
     try:
-        text = json.dumps(data, default=_json_default, separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(data, default=_json_default, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except _NonUtc:
-        path = _find_non_utc(data)
+        path = _find(data, _is_bad) or ""
         raise NonUtcTimestamp(
             event_type, entry.ref, [FieldError(path, "datetime must be timezone-aware UTC")]
         ) from None
-    except (TypeError, ValueError) as exc:
+    except ValueError as exc:  # NaN / Infinity: JSON (and jsonb) cannot carry them
+        where = _find(data, lambda v: (isinstance(v, float) and v != v) or v in (float("inf"), float("-inf")))
+        raise InvalidArgument(event_type, where or "payload", f"not representable in JSON: {exc}") from None
+    except TypeError as exc:
         raise InvalidArgument(event_type, "payload", f"not JSON-serialisable: {exc}") from None
+    if "\\u0000" in text:  # jsonb cannot store U+0000 (json.dumps escapes it as \u0000)
+        where = _find(data, _has_nul) or ("<key>" if any(_has_nul(k) for k in data) else None)
+        if where is not None:
+            raise InvalidArgument(event_type, where, "contains U+0000 (NUL), which Postgres jsonb cannot store")
     limit = _limits["max_payload_bytes"]
     if len(text) * 4 > limit:
         size = len(text.encode())
@@ -365,7 +386,8 @@ def record(
     )
     target = _sync_driver(conn)
     if isinstance(target, psycopg.Connection):
-        row = target.execute(sql.RECORD_ONE, params).fetchone()
+        with target.cursor(row_factory=tuple_row) as cur:
+            row = cur.execute(sql.RECORD_ONE, params).fetchone()
     else:
         row = target.exec_driver_sql(sql.RECORD_ONE, params).fetchone()
     if not row or row[0] != 1:
@@ -380,10 +402,11 @@ def record_many(conn: Any, events: Sequence[Event]) -> list[uuid.UUID]:
     columns, ids = _many_params(events)
     target = _sync_driver(conn)
     if isinstance(target, psycopg.Connection):
-        row = target.execute(sql.RECORD_MANY, columns).fetchone()
-        inserted = list(row[0]) if row else []
-        if len(inserted) != len(ids):
-            target.execute(sql.UNDO_MANY, (inserted,))
+        with target.cursor(row_factory=tuple_row) as cur:
+            row = cur.execute(sql.RECORD_MANY, columns).fetchone()
+            inserted = list(row[0]) if row else []
+            if len(inserted) != len(ids):
+                cur.execute(sql.UNDO_MANY, (inserted,))
     else:
         row = target.exec_driver_sql(sql.RECORD_MANY, tuple(columns)).fetchone()
         inserted = list(row[0]) if row else []
@@ -428,8 +451,9 @@ async def arecord(
     )
     target = await _async_driver(conn)
     if isinstance(target, psycopg.AsyncConnection):
-        cur = await target.execute(sql.RECORD_ONE, params)
-        row = await cur.fetchone()
+        async with target.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(sql.RECORD_ONE, params)
+            row = await cur.fetchone()
     else:
         row = (await target.exec_driver_sql(sql.RECORD_ONE, params)).fetchone()
     if not row or row[0] != 1:
@@ -444,11 +468,12 @@ async def arecord_many(conn: Any, events: Sequence[Event]) -> list[uuid.UUID]:
     columns, ids = _many_params(events)
     target = await _async_driver(conn)
     if isinstance(target, psycopg.AsyncConnection):
-        cur = await target.execute(sql.RECORD_MANY, columns)
-        row = await cur.fetchone()
-        inserted = list(row[0]) if row else []
-        if len(inserted) != len(ids):
-            await target.execute(sql.UNDO_MANY, (inserted,))
+        async with target.cursor(row_factory=tuple_row) as cur:
+            await cur.execute(sql.RECORD_MANY, columns)
+            row = await cur.fetchone()
+            inserted = list(row[0]) if row else []
+            if len(inserted) != len(ids):
+                await cur.execute(sql.UNDO_MANY, (inserted,))
     else:
         row = (await target.exec_driver_sql(sql.RECORD_MANY, tuple(columns))).fetchone()
         inserted = list(row[0]) if row else []

@@ -31,13 +31,16 @@ def _check_uuid(value: str) -> str:
     return value
 
 
+_UTC_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
+
+
 def _check_utc(value: str) -> str:
-    if not value.endswith("Z"):
-        raise ValueError("must be an ISO-8601 UTC timestamp ending in 'Z'")
+    if not _UTC_RE.match(value):
+        raise ValueError("must be an ISO-8601 UTC timestamp like 2026-01-31T12:00:00Z (ending in 'Z')")
     try:
-        datetime.fromisoformat(value[:-1] + "+00:00")
+        datetime.fromisoformat(value[:-1][:26] + "+00:00")  # Python parses up to microseconds
     except ValueError:
-        raise ValueError("must be an ISO-8601 UTC timestamp ending in 'Z'") from None
+        raise ValueError("must be a valid ISO-8601 UTC timestamp (no such date or time)") from None
     return value
 
 
