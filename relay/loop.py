@@ -123,6 +123,7 @@ class Relay:
         self._pruned_at = 0.0
         self._last_busy = time.monotonic()
         self._db_down_since: float | None = None
+        self._db_failures = 0  # consecutive, for the backoff
         self._broker_down_since: float | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -227,7 +228,8 @@ class Relay:
         self._db = self._listen = None
         self._idle = False
         self._recover = True
-        self._backoff_sleep(self.stats.db_errors)
+        self._db_failures += 1
+        self._backoff_sleep(self._db_failures)
 
     def _backoff_sleep(self, attempt: int) -> None:
         cap = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** min(attempt, 20))
@@ -299,6 +301,7 @@ class Relay:
             cur = db.execute(sql.CLAIM, params)
             db.commit()
         rows = [_Row(*r) for r in cur.fetchall()]
+        self._db_failures = 0
         if rows:
             self._renewed_at = time.monotonic()
         return rows, False
