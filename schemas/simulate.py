@@ -32,7 +32,7 @@ from schemas.registry import EventType, Registry
 OptionalMode = Literal["some", "all", "none"]
 DEFAULT_TENANT = "7f3c9d2e-1a4b-4c8d-9e0f-5a6b7c8d9e01"
 UNION_TENANT = "tenant-acme-msp"  # not a UUID: see invalid_variants
-_MISSING = object()
+MISSING: Any = object()  # get_path: no value at that path
 
 
 class SimulationError(ValueError):
@@ -88,23 +88,52 @@ def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
     return dict(parse_assignment(item) for item in items)
 
 
-def set_path(payload: dict[str, Any], path: str, value: Any) -> None:
-    """Assign ``value`` at a dot path, creating objects on the way; numeric parts index into lists."""
+def _segments(payload: Any, path: str) -> list[str]:
+    """Split a dot path into keys, matching existing dotted keys (``changes.attributes.impact.new``)."""
     parts = path.split(".")
     if any(not p for p in parts):
         raise SimulationError(f"malformed field path {path!r}")
+    segs: list[str] = []
     node: Any = payload
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        where = ".".join(parts[: i + 1])
+    i = 0
+    while i < len(parts):
+        j = i + 1
+        if isinstance(node, dict):
+            j = next((k for k in range(len(parts), i + 1, -1) if ".".join(parts[i:k]) in node), i + 1)
+            if parts[i] not in node and j == i + 1 and segs[-1:] == ["changes"] and len(parts) - i > 1:
+                # a new key of a changes map: everything up to a trailing previous/new is the (dot path) key
+                j = len(parts) - 1 if parts[-1] in ("previous", "new") else len(parts)
+                j = max(j, i + 1)
+        seg = ".".join(parts[i:j])
+        if isinstance(node, dict):
+            node = node.get(seg)
+        elif isinstance(node, list) and seg.isdigit() and int(seg) < len(node):
+            node = node[int(seg)]
+        else:
+            node = None
+        segs.append(seg)
+        i = j
+    return segs
+
+
+def set_path(payload: dict[str, Any], path: str, value: Any) -> None:
+    """Assign ``value`` at a dot path, creating objects on the way; numeric parts index into lists.
+
+    Keys that contain dots (``changes`` maps keyed by field paths) are matched as a whole.
+    """
+    segs = _segments(payload, path)
+    node: Any = payload
+    for i, part in enumerate(segs):
+        last = i == len(segs) - 1
+        where = ".".join(segs[: i + 1])
         if isinstance(node, list):
             if not part.isdigit():
-                raise SimulationError(f"{where}: {'.'.join(parts[:i])} is a list; use a numeric index")
+                raise SimulationError(f"{where}: {'.'.join(segs[:i])} is a list; use a numeric index")
             idx = int(part)
             if idx > len(node):
-                raise SimulationError(f"{where}: index out of range (list has {len(node)} items)")
+                raise SimulationError(f"{where}: index out of range (the list has {len(node)} items)")
             if idx == len(node):
-                node.append(None if last else {})
+                node.append(None)
             if last:
                 node[idx] = value
             else:
@@ -116,35 +145,49 @@ def set_path(payload: dict[str, Any], path: str, value: Any) -> None:
                 node[part] = value
             else:
                 if not isinstance(node.get(part), dict | list):
-                    node[part] = {}
+                    node[part] = [] if segs[i + 1] == "0" else {}
                 node = node[part]
-        else:  # pragma: no cover - guarded above
+        else:  # pragma: no cover - set_path always creates containers on the way
             raise SimulationError(f"{where}: cannot descend into a {type(node).__name__}")
 
 
-def del_path(payload: dict[str, Any], path: str) -> None:
-    """Remove the key at a dot path (no error if it is absent)."""
-    *head, last = path.split(".")
-    node: Any = payload
-    for part in head:
-        node = node[int(part)] if isinstance(node, list) else node.get(part) if isinstance(node, dict) else None
-        if node is None:
-            return
-    if isinstance(node, dict):
-        node.pop(last, None)
-
-
 def get_path(payload: Any, path: str) -> Any:
-    """The value at a dot path, or ``_MISSING``."""
+    """The value at a dot path, or ``MISSING``."""
     node = payload
-    for part in path.split("."):
+    for part in _segments(payload, path):
         if isinstance(node, list) and part.isdigit() and int(part) < len(node):
             node = node[int(part)]
         elif isinstance(node, dict) and part in node:
             node = node[part]
         else:
-            return _MISSING
+            return MISSING
     return node
+
+
+def del_path(payload: dict[str, Any], path: str) -> None:
+    """Remove the key at a dot path (no error if it is absent)."""
+    *head, last = _segments(payload, path)
+    node = get_path(payload, ".".join(head)) if head else payload
+    if isinstance(node, dict):
+        node.pop(last, None)
+
+
+def _override_change_keys(overrides: Mapping[str, Any]) -> list[str]:
+    """The ``changes`` keys the overrides talk about (so the generated map and ``updatedFields`` match them)."""
+    keys: list[str] = []
+    fields = overrides.get("updatedFields")
+    if isinstance(fields, list) and all(isinstance(f, str) for f in fields):
+        keys.extend(fields)
+    changes = overrides.get("changes")
+    if isinstance(changes, dict):
+        keys.extend(str(k) for k in changes)
+    for path in overrides:
+        if path.startswith("changes."):
+            parts = path.split(".")[1:]
+            keys.append(
+                ".".join(parts[:-1]) if len(parts) > 1 and parts[-1] in ("previous", "new") else ".".join(parts)
+            )
+    return list(dict.fromkeys(k for k in keys if k))
 
 
 # ---- word lists --------------------------------------------------------------------------------------
@@ -266,6 +309,8 @@ class _Gen:
         self.company = self.rng.choice(_COMPANIES)
         self.actor_user = self.uuid()
         self.actor_kind = self.rng.choices(["USER", "SYSTEM", "CONTACT"], weights=[7, 2, 1])[0]
+        if optional == "all":
+            self.actor_kind = "USER"
         self.change_keys: list[str] = []
         keys = _CHANGE_KEYS.get(self.entity, _CHANGE_KEYS["default"])
         self.change_keys = self.rng.sample(keys, self.rng.choice([1, 2]))
@@ -287,6 +332,9 @@ class _Gen:
             return self.now - timedelta(days=self.rng.randint(3, 40))
         if any(w in n for w in ("end", "until", "expir", "renewal", "due", "deadline")):
             return self.now + timedelta(days=self.rng.randint(5, 45), hours=self.rng.randint(0, 8))
+        if n.endswith("edat") and not n.startswith(("created", "scheduled")):
+            # past participle + At (completedAt, rescheduledAt, requestedAt): the moment of this event
+            return self.now - timedelta(seconds=self.rng.randint(0, 5), milliseconds=self.rng.randrange(1000))
         if any(w in n for w in ("start", "scheduled", "requested", "next", "arriv", "eta")):
             return self.now + timedelta(days=self.rng.randint(1, 4), hours=self.rng.randint(0, 8))
         if any(w in n for w in ("created", "last", "since", "original")):
@@ -320,6 +368,8 @@ class _Gen:
         n = name.lower()
         if n == "name" and any(w in parent.lower() for w in ("attachment", "file", "output")):
             return self.rng.choice(["screenshot.png", "event-log.txt", "quote-2025-114.pdf", "network-diagram.vsdx"])
+        if n == "name" and parent:
+            return self.full_name()  # signers, recipients, from/to/cc: people
         w = _words(name)
         last = w[-1] if w else n
         rng = self.rng
@@ -703,7 +753,7 @@ class _Gen:
             if not self.include(name, name in required, props):
                 continue
             if name == "actorType":
-                out[name] = self.actor_kind if self.optional != "all" else "USER"
+                out[name] = self.actor_kind
                 continue
             out[name] = self.value(ps, name, f"{path}.{name}" if path else name, parent)
         self.fix_pairs(out, props)
@@ -732,6 +782,53 @@ class _Gen:
                     out[partner] = self.rng.choice(others)
                 continue
             self.differ(out, key, partner, lambda p=props[partner], n=partner: self.value(p, n, n))  # type: ignore[misc]
+        for key in list(out):
+            m = re.match(r"^(.*)(start|Start)(At|Date|Time)?$", key)
+            end = m and m.group(1) + ("end" if m.group(2) == "start" else "End") + (m.group(3) or "")
+            if end and end in out and isinstance(out[key], str) and isinstance(out[end], str):
+                out[end] = self.after(out[key], out[end])
+
+    def repair_pairs(self, payload: dict[str, Any], overridden: set[str]) -> None:
+        """After overrides: where one side of a previous/new pair was set to the other's value, move the other."""
+        props = self.resolve(self.root).get("properties", {})
+        for key in list(payload):
+            m = re.match(r"^(previous|old)([A-Z].*)$", key)
+            partner = "new" + m.group(2) if m else ""
+            if not m or partner not in payload or payload[key] != payload[partner] or partner not in props:
+                continue
+            if (key in overridden) == (partner in overridden):
+                continue
+            fix, spec = (partner, props[partner]) if key in overridden else (key, props.get(key, props[partner]))
+            for _ in range(30):
+                payload[fix] = self.value(spec, fix, fix)
+                if payload[key] != payload[partner]:
+                    break
+        changes = payload.get("changes")
+        if not isinstance(changes, dict):
+            return
+        for ckey, change in changes.items():
+            if not isinstance(change, dict) or "previous" not in change or change.get("previous") != change.get("new"):
+                continue
+            prev_set = f"changes.{ckey}.previous" in overridden
+            new_set = f"changes.{ckey}.new" in overridden
+            if prev_set == new_set:
+                continue
+            fix = "new" if prev_set else "previous"
+            for _ in range(30):
+                change[fix] = self.change_value(ckey)
+                if change["previous"] != change["new"]:
+                    break
+
+    def after(self, start: str, end: str) -> str:
+        """An end that comes after ``start`` (same format as ``start``)."""
+        try:
+            if start.endswith("Z"):
+                t0 = datetime.fromisoformat(start[:-1] + "+00:00")
+                return self.ts(t0 + timedelta(minutes=self.rng.choice([30, 60, 90, 120])))
+            d0 = datetime.fromisoformat(start)
+            return (d0 + timedelta(days=self.rng.randint(30, 365))).date().isoformat()
+        except ValueError:
+            return end
 
 
 # ---- public API -------------------------------------------------------------------------------------
@@ -766,9 +863,14 @@ def example(
         seed=seed,
         optional=optional,
     )
+    overrides = overrides or {}
+    if keys := _override_change_keys(overrides):
+        gen.change_keys = keys
     payload = gen.obj(gen.root, "")
-    for path, value in (overrides or {}).items():
+    for path, value in overrides.items():
         set_path(payload, path, copy.deepcopy(value))
+    if overrides:
+        gen.repair_pairs(payload, set(overrides))
     reg.validate(event_type, payload)
     return payload
 
