@@ -1,0 +1,10 @@
+"""Imports every reference-domain module (registers their tables and emitters)."""
+
+from __future__ import annotations
+
+import importlib
+
+MODULES = ("tickets",)
+
+for _name in MODULES:
+    importlib.import_module(f"domain.{_name}")
