@@ -36,7 +36,7 @@ def create_ticket(ctx: Ctx, *, title: str, priority: str = "p3", client_id: str 
     ctx.conn.execute(
         tickets.insert().values(
             id=tid, tenant_id=ctx.tenant_id, number=number, title=title, status="new", priority=priority
-        )  # fmt: skip
+        )
     )
     emit(ctx, "TICKET_CREATED", {"ticketId": tid, "createdByUserId": ctx.user_id, "createdAt": iso(),
                                  "ticketNumber": number, "title": title, "priority": priority, "status": "new",
