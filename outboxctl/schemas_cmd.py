@@ -104,6 +104,8 @@ def check_cmd(
     except BaselineError as exc:
         err.print(f"[red]baseline:[/] {exc}")
         raise typer.Exit(2) from None
+    if not published.schemas:
+        err.print(f"[yellow]nothing published in {published.source}: every ref counts as new[/]")
     registry = _registry()
     violations = check(published, registry, mode)
     for v in violations:
@@ -116,3 +118,5 @@ def check_cmd(
         err.print(f"[red]{len(violations)} breaking change(s)[/] ({summary}, baseline {published.source})")
         raise typer.Exit(1)
     err.print(f"compatible: {summary} (baseline {published.source})")
+    if baseline is None and baseline_rev is None and check_fresh(registry, DEFAULT_DIR):
+        err.print("[yellow]schemas/json differs from the registry: run `outbox schemas export` and commit it[/]")

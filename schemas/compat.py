@@ -381,8 +381,11 @@ def _join(path: str, name: str) -> str:
 def _value_fits(value: Any, s: dict[str, Any]) -> bool:
     """Whether one enum value of the writer meets the reader's scalar constraints (pattern, lengths, bounds)."""
     if isinstance(value, str):
-        if "pattern" in s and not re.search(s["pattern"], value):
-            return False
+        try:
+            if "pattern" in s and not re.search(s["pattern"], value):
+                return False
+        except re.error:
+            pass  # not a Python regex: no opinion
         if len(value) < s.get("minLength", 0) or len(value) > s.get("maxLength", len(value)):
             return False
     if isinstance(value, int | float) and not isinstance(value, bool):

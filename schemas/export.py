@@ -42,7 +42,7 @@ def render_all(registry: Registry) -> dict[str, str]:
 
 
 def export_all(registry: Registry, directory: str | Path = DEFAULT_DIR) -> list[str]:
-    """Write the registry's export files into ``directory`` and delete stale ``*.json``; return the names changed."""
+    """Write the registry's export files into ``directory``, delete ref files it no longer has; return names changed."""
     target = Path(directory)
     target.mkdir(parents=True, exist_ok=True)
     wanted = render_all(registry)
@@ -53,7 +53,7 @@ def export_all(registry: Registry, directory: str | Path = DEFAULT_DIR) -> list[
             path.write_text(text, encoding="utf-8")
             changed.append(name)
     for path in target.glob("*.json"):
-        if path.name not in wanted:
+        if path.name not in wanted and ref_of(path.name) is not None:
             path.unlink()
             changed.append(path.name)
     return sorted(changed)
@@ -71,5 +71,6 @@ def check_fresh(registry: Registry, directory: str | Path = DEFAULT_DIR) -> list
         elif path.read_text(encoding="utf-8") != text:
             problems.append(f"stale: {name}")
     if target.is_dir():
-        problems += [f"extra: {p.name}" for p in sorted(target.glob("*.json")) if p.name not in wanted]
+        extra = [p.name for p in sorted(target.glob("*.json")) if p.name not in wanted and ref_of(p.name) is not None]
+        problems += [f"extra: {name}" for name in extra]
     return problems
