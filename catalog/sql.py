@@ -1,4 +1,4 @@
-"""SQL of the event catalog: the tables (used by migration ``outbox_0002``), the system upsert, resolution."""
+"""SQL of the event catalog: the system upsert, tenant entries, resolution (the tables: migration ``outbox_0002``)."""
 
 from __future__ import annotations
 
@@ -17,75 +17,42 @@ SYSTEM_COLUMNS = (
     "superseded_by",
 )
 
-CREATE_TABLES = """
--- The system catalog: one row per event type of the Workflow Event Catalog v2, kept equal to the code
--- registry (schemas.registry, in_system_catalog=True) by catalog.sync.sync_system_catalog.
-CREATE TABLE system_event_catalog (
-    id                   uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-    event_type           text        NOT NULL,
-    name                 text        NOT NULL,
-    description          text        NOT NULL DEFAULT '',
-    category             text,
-    payload_schema_ref   text        NOT NULL,
-    kind                 text        NOT NULL DEFAULT 'domain-v2',
-    -- in the catalog and the registry (simulate-able), but no product path emits it yet
-    catalog_only         boolean     NOT NULL DEFAULT false,
-    catalog_only_reason  text,
-    -- overlaps with older bus types: both stay valid, no aliasing (payload shapes differ)
-    legacy_of            text[]      NOT NULL DEFAULT '{}',
-    legacy_overlaps      text[]      NOT NULL DEFAULT '{}',
-    superseded_by        text[]      NOT NULL DEFAULT '{}',
-    created_at           timestamptz NOT NULL DEFAULT now(),
-    updated_at           timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT system_event_catalog_event_type_key UNIQUE (event_type),
-    CONSTRAINT system_event_catalog_reason_chk CHECK (catalog_only OR catalog_only_reason IS NULL)
-);
-CREATE INDEX system_event_catalog_category_idx ON system_event_catalog (category);
+# SQL types of SYSTEM_COLUMNS, for reading them out of the JSON rows.
+COLUMN_TYPES = {
+    "event_type": "text",
+    "name": "text",
+    "description": "text",
+    "category": "text",
+    "payload_schema_ref": "text",
+    "kind": "text",
+    "catalog_only": "boolean",
+    "catalog_only_reason": "text",
+    "legacy_of": "text[]",
+    "legacy_overlaps": "text[]",
+    "superseded_by": "text[]",
+}
 
--- A tenant's own catalog: custom event types (inline JSON Schema) or a tenant-specific contract ref
--- for a system type. Resolution looks here first, then in system_event_catalog.
-CREATE TABLE event_catalog (
-    id                  uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
-    tenant_id           text        NOT NULL,
-    event_type          text        NOT NULL,
-    name                text        NOT NULL,
-    description         text        NOT NULL DEFAULT '',
-    category            text,
-    payload_schema_ref  text,
-    payload_schema      jsonb,
-    created_at          timestamptz NOT NULL DEFAULT now(),
-    updated_at          timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT event_catalog_tenant_event_type_key UNIQUE (tenant_id, event_type),
-    -- exactly one of: a registry ref, or an inline JSON Schema (object) for a custom type
-    CONSTRAINT event_catalog_schema_chk CHECK (num_nonnulls(payload_schema_ref, payload_schema) = 1),
-    CONSTRAINT event_catalog_inline_object_chk CHECK (payload_schema IS NULL OR jsonb_typeof(payload_schema) = 'object')
-);
-"""
 
-DROP_TABLES = """
-DROP TABLE IF EXISTS event_catalog;
-DROP TABLE IF EXISTS system_event_catalog;
-"""
-
-# One statement for the whole registry: the rows come as one JSON array (a bind parameter online, a
-# literal in offline `--sql` mode). Only rows whose content differs are updated (and get a new
-# updated_at); ids and created_at are never touched. RETURNING lists inserted and updated rows only.
-_SET = ",\n        ".join(f"{c} = EXCLUDED.{c}" for c in SYSTEM_COLUMNS[1:])
-_OLD = ", ".join(f"c.{c}" for c in SYSTEM_COLUMNS[1:])
-_NEW = ", ".join(f"EXCLUDED.{c}" for c in SYSTEM_COLUMNS[1:])
-UPSERT_SYSTEM = f"""
-INSERT INTO system_event_catalog AS c ({", ".join(SYSTEM_COLUMNS)})
-SELECT {", ".join("r." + c for c in SYSTEM_COLUMNS)}
-FROM jsonb_to_recordset(CAST({{rows}} AS jsonb)) AS r(
-    event_type text, name text, description text, category text, payload_schema_ref text, kind text,
-    catalog_only boolean, catalog_only_reason text, legacy_of text[], legacy_overlaps text[], superseded_by text[]
-)
+def upsert_system(columns: tuple[str, ...], placeholder: str) -> str:
+    """The system-catalog upsert of ``columns`` (``event_type`` first), rows read from the JSON array at
+    ``placeholder``. Only rows whose content differs are updated (and get a new ``updated_at``); ids and
+    ``created_at`` are never touched. ``RETURNING`` lists the inserted and updated rows only."""
+    if columns[0] != "event_type":
+        raise ValueError("event_type must be the first column")
+    rest = columns[1:]
+    record = ", ".join(f"{c} {COLUMN_TYPES[c]}" for c in columns)
+    assignments = ",\n        ".join(f"{c} = EXCLUDED.{c}" for c in rest)
+    return f"""
+INSERT INTO system_event_catalog AS c ({", ".join(columns)})
+SELECT {", ".join("r." + c for c in columns)}
+FROM jsonb_to_recordset(CAST({placeholder} AS jsonb)) AS r({record})
 ON CONFLICT (event_type) DO UPDATE SET
-        {_SET},
+        {assignments},
         updated_at = now()
-    WHERE ({_OLD}) IS DISTINCT FROM ({_NEW})
+    WHERE ({", ".join("c." + c for c in rest)}) IS DISTINCT FROM ({", ".join("EXCLUDED." + c for c in rest)})
 RETURNING event_type, (xmax = 0) AS inserted
 """
+
 
 SYSTEM_EVENT_TYPES = "SELECT event_type FROM system_event_catalog"
 

@@ -67,27 +67,31 @@ def catalog_row(entry: EventType) -> dict[str, Any]:
     }
 
 
-def rows_json(registry: Iterable[EventType] | None = None) -> str:
-    """The system catalog rows of ``registry`` as the JSON array the upsert reads."""
-    return json.dumps([catalog_row(e) for e in system_entries(registry)], ensure_ascii=False)
+def rows_json(registry: Iterable[EventType] | None = None, columns: tuple[str, ...] = sql.SYSTEM_COLUMNS) -> str:
+    """The system catalog rows of ``registry`` (only ``columns``) as the JSON array the upsert reads."""
+    rows = [catalog_row(e) for e in system_entries(registry)]
+    return json.dumps([{c: r[c] for c in columns} for r in rows], ensure_ascii=False)
 
 
-def upsert_sql(placeholder: str) -> str:
-    """The upsert statement with ``placeholder`` where the JSON rows go (``%(rows)s``, ``:rows``...)."""
-    return sql.UPSERT_SYSTEM.replace("{rows}", placeholder)
+def upsert_sql(placeholder: str, columns: tuple[str, ...] = sql.SYSTEM_COLUMNS) -> str:
+    """The upsert statement of ``columns`` with ``placeholder`` where the JSON rows go (``%(rows)s``, ``:rows``)."""
+    return sql.upsert_system(columns, placeholder)
 
 
-def sync_system_catalog(conn: Any, registry: Iterable[EventType] | None = None) -> SyncReport:
+def sync_system_catalog(
+    conn: Any, registry: Iterable[EventType] | None = None, *, columns: tuple[str, ...] = sql.SYSTEM_COLUMNS
+) -> SyncReport:
     """Upsert every system-catalog entry of ``registry`` (default ``schemas.registry``) in the caller's transaction.
 
     Idempotent: unchanged rows are not written; ids and ``created_at`` are kept; ``updated_at`` moves only on change.
-    Does not commit (psycopg) -- the caller's transaction decides.
+    Does not commit (psycopg): the caller's transaction decides. ``columns`` (``event_type`` first) is for
+    migrations, which must write the columns of their own revision, not those of the latest code.
     """
     pg = driver_connection(conn)
     rows = [catalog_row(e) for e in system_entries(registry)]
-    payload = json.dumps(rows, ensure_ascii=False)
+    payload = json.dumps([{c: r[c] for c in columns} for r in rows], ensure_ascii=False)
     with pg.cursor(row_factory=tuple_row) as cur:
-        cur.execute(upsert_sql("%(rows)s"), {"rows": payload})
+        cur.execute(upsert_sql("%(rows)s", columns), {"rows": payload})
         returned = [(str(r[0]), bool(r[1])) for r in cur.fetchall()]
         cur.execute(sql.SYSTEM_EVENT_TYPES)
         present = {str(r[0]) for r in cur.fetchall()}

@@ -120,6 +120,24 @@ def test_changed_description_updates_only_that_row(db_url):
     assert _snapshot(db_url)["TICKET_CREATED"]["description"] == before["TICKET_CREATED"]["description"]
 
 
+def test_moving_a_type_to_v2_changes_only_its_ref(db_url):
+    """docs/catalog.md, "Adding a .v2": the entry's ref moves to .v2, .v1 stays registered."""
+    before = _snapshot(db_url)
+    v1 = schemas.registry.event_type("TICKET_UNASSIGNED")
+    moved = Registry()
+    for entry in schemas.registry:
+        moved.add(dataclasses.replace(entry, ref="payload.TicketUnassigned.v2") if entry is v1 else entry)
+    moved.add_version("TICKET_UNASSIGNED", "payload.TicketUnassigned.v1", v1.model)
+    assert moved.owner("payload.TicketUnassigned.v1") == "TICKET_UNASSIGNED"
+    report = _sync(db_url, moved)
+    assert report.changed == ("TICKET_UNASSIGNED",) and report.updated == 1
+    row, old = _snapshot(db_url)["TICKET_UNASSIGNED"], before["TICKET_UNASSIGNED"]
+    assert row["payload_schema_ref"] == "payload.TicketUnassigned.v2"
+    assert {k: v for k, v in row.items() if k not in ("payload_schema_ref", "updated_at")} == {
+        k: v for k, v in old.items() if k not in ("payload_schema_ref", "updated_at")
+    }
+
+
 def test_sync_inserts_missing_rows_and_reports_stale_ones(db_url):
     with psycopg.connect(db_url) as c:
         c.execute("DELETE FROM system_event_catalog WHERE event_type = 'TICKET_CLOSED'")
