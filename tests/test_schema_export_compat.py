@@ -134,6 +134,9 @@ def test_check_fresh_reports_stale_missing_and_extra_files_and_export_repairs_th
     )
     assert check_fresh(schemas.registry, tmp_path) == []
     assert check_fresh(schemas.registry, tmp_path / "nowhere")[0] == f"missing: {INDEX}"
+    (tmp_path / "notes.json").write_text("{}\n")  # not a ref file: neither reported nor deleted
+    assert check_fresh(schemas.registry, tmp_path) == [] and export_all(schemas.registry, tmp_path) == []
+    assert (tmp_path / "notes.json").exists()
 
 
 def test_render_is_deterministic():
