@@ -110,7 +110,7 @@ def simulate(
     if invalid and (record or set_):
         raise _fail("error: --invalid cannot be combined with --record or --set", 2)
     try:
-        overrides = sim.parse_assignments(set_ or [])
+        overrides = sim.parse_assignments(set_ or [], event_type)
     except sim.SimulationError as exc:
         raise _fail(f"error: --set: {exc}", 2) from None
 

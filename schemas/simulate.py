@@ -83,9 +83,60 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return path, parse_value(value)
 
 
-def parse_assignments(items: Iterable[str]) -> dict[str, Any]:
-    """Many ``FIELD=VALUE`` strings as an ``overrides`` mapping (later ones win)."""
-    return dict(parse_assignment(item) for item in items)
+def parse_assignments(
+    items: Iterable[str], event_type: str | None = None, registry: Registry | None = None
+) -> dict[str, Any]:
+    """Many ``FIELD=VALUE`` strings as an ``overrides`` mapping (later ones win).
+
+    With ``event_type``, a value that parses as a JSON number where the contract wants a string keeps its text
+    (``amountDue=250.00`` -> ``"250.00"``, ``ticketNumber=10423`` -> ``"10423"``); quote it to force either way.
+    """
+    out: dict[str, Any] = {}
+    schema: dict[str, Any] | None = None
+    if event_type is not None:
+        reg = registry if registry is not None else schemas.registry
+        schema = reg.json_schema(reg.event_type(event_type).ref)
+    for item in items:
+        path, value = parse_assignment(item)
+        if schema is not None and isinstance(value, int | float) and not isinstance(value, bool):
+            target = schema_at(schema, path)
+            if target is not None and target.get("type") == "string" and "enum" not in target:
+                value = item.partition("=")[2]
+        out[path] = value
+    return out
+
+
+def schema_at(schema: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The (resolved) JSON Schema of the value at a dot path of a payload, or ``None`` if the contract has none."""
+    defs: dict[str, Any] = schema.get("$defs", {})
+
+    def resolve(s: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in s:
+            s = defs[s["$ref"].rsplit("/", 1)[-1]]
+        if "anyOf" in s:
+            options = [o for o in s["anyOf"] if o.get("type") != "null"]
+            if len(options) == 1:
+                return resolve(options[0])
+        return s
+
+    def walk(s: dict[str, Any], parts: list[str]) -> dict[str, Any] | None:
+        s = resolve(s)
+        if not parts:
+            return s
+        props = s.get("properties", {})
+        if parts[0] in props:
+            return walk(props[parts[0]], parts[1:])
+        if s.get("type") == "array" and isinstance(s.get("items"), dict) and parts[0].isdigit():
+            return walk(s["items"], parts[1:])
+        values = s.get("additionalProperties")
+        if isinstance(values, dict):
+            for k in range(1, len(parts) + 1):  # map keys may be dot paths themselves
+                found = walk(values, parts[k:])
+                if found is not None:
+                    return found
+        return None
+
+    return walk(schema, path.split("."))
 
 
 def _segments(payload: Any, path: str) -> list[str]:
@@ -887,8 +938,8 @@ def _wrong_type_value(schema: dict[str, Any]) -> tuple[Any, str] | None:
         "integer": ("42", "Input should be a valid integer"),
         "number": ("4.5", "Input should be a valid number"),
         "boolean": ("yes", "Input should be a valid boolean"),
-        "array": ("not-a-list", "Input should be a valid list"),
-        "object": ("not-an-object", "Input should be a valid dictionary"),
+        "array": ("not-a-list", "Input should be a valid"),  # list (python) / array (JSON)
+        "object": ("not-an-object", "Input should be"),  # a valid dictionary / an object
     }.get(t if isinstance(t, str) else "")
 
 
