@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from outbox import migrate as migrations
-from outboxctl import catalog_cmd, schemas_cmd, simulate_cmd
+from outboxctl import catalog_cmd, schemas_cmd, simulate_cmd, worker_cmd
 from outbox import ops
 from outbox.errors import ConfigurationError, OutboxError
 from outbox.settings import Settings, load_settings
@@ -28,6 +28,7 @@ app = typer.Typer(
 )
 app.add_typer(schemas_cmd.app, name="schemas", help="Payload contracts: export JSON Schemas, check evolution.")
 app.add_typer(catalog_cmd.app, name="catalog", help="Event catalog: sync, list, show, export.")
+app.add_typer(worker_cmd.app, name="worker", help="Workflow worker: ingest the stream, start triggered runs; status.")
 app.command("simulate", help="Build a realistic (or deliberately invalid) payload from an event's schema.")(
     simulate_cmd.simulate
 )

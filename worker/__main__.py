@@ -1,0 +1,7 @@
+"""``python -m worker``: run the workflow worker with settings from the environment."""
+
+from __future__ import annotations
+
+from worker.cli import main
+
+raise SystemExit(main())
