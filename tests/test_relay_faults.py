@@ -1,0 +1,568 @@
+"""Fault injection against the relay: real SIGKILLs, real server stops and crashes, real cut connections.
+
+Every server these tests stop, kill or restart is one the test started itself (``RedisServer`` /
+``PostgresServer`` on a free port). Connection cuts on the shared Postgres only terminate the
+backends of this test's own relay, in this test's own database.
+
+The invariant checked everywhere is the outbox contract: every committed event ends up on the
+stream exactly once, and its row ends up ``published`` (or ``dead`` when its payload is invalid).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+import redis
+
+import outbox
+from outbox import migrate
+from outbox.embedded import PostgresServer, RedisServer
+from outbox.settings import Settings
+from relay import Relay
+from tests.conftest import make_settings, relay_thread, spawn_relay, status_counts, wait_for
+
+TENANT = "t1"
+EVENT_TYPE = "TICKET_STATUS_CHANGED"
+SCHEMA_REF = "payload.TicketStatusChanged.v1"
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+def ticket_event(**extra: Any) -> outbox.Event:
+    """A valid TICKET_STATUS_CHANGED event for tenant t1 on a random ticket."""
+    payload = {"ticketId": str(uuid.uuid4()), "previousStatusId": "open", "newStatusId": "closed", **extra}
+    return outbox.Event(EVENT_TYPE, payload, tenant_id=TENANT)
+
+
+def write_events(db_url: str, n: int, *, chunk: int = 500) -> list[str]:
+    """Commit ``n`` valid events (``record_many`` in chunks, one transaction per chunk); their ids."""
+    ids: list[str] = []
+    with psycopg.connect(db_url) as conn:
+        for start in range(0, n, chunk):
+            batch = [ticket_event() for _ in range(min(chunk, n - start))]
+            ids += [str(i) for i in outbox.record_many(conn, batch)]
+            conn.commit()
+    return ids
+
+
+def client(url: str) -> redis.Redis:
+    """A decoding client for a Redis server the test started itself."""
+    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=5)
+
+
+def stream_ids(rds: redis.Redis, stream: str) -> list[tuple[str, str]]:
+    """(stream id, event_id) of every entry, in stream order."""
+    return [(sid, f["event_id"]) for sid, f in rds.xrange(stream)]
+
+
+def xlen(rds: redis.Redis, stream: str) -> int:
+    try:
+        return int(rds.xlen(stream))
+    except redis.ConnectionError:
+        return -1
+
+
+def rows(db_url: str) -> dict[str, tuple[str, str | None, str | None]]:
+    """event_id -> (status, stream_id, last_error) for every outbox row."""
+    with psycopg.connect(db_url) as c:
+        got = c.execute("SELECT event_id::text, status, stream_id, last_error FROM outbox_events").fetchall()
+    return {r[0]: (r[1], r[2], r[3]) for r in got}
+
+
+def pending_count(db_url: str) -> int:
+    with psycopg.connect(db_url, connect_timeout=3) as c:
+        return int(c.execute("SELECT count(*) FROM outbox_events WHERE status = 'pending'").fetchone()[0])
+
+
+def _in_flight_sql(c: psycopg.Connection[Any]) -> str:
+    if c.execute("SELECT to_regclass('outbox_batches') IS NOT NULL").fetchone()[0]:
+        return (
+            "SELECT count(*) FROM outbox_batches b CROSS JOIN LATERAL unnest(b.event_ids) AS x(id) "
+            "JOIN outbox_events e ON e.id = x.id WHERE e.status = 'pending'"
+        )
+    return "SELECT count(*) FROM outbox_events WHERE status = 'pending' AND publish_seq IS NOT NULL"
+
+
+def in_flight(db_url: str) -> int:
+    """Pending rows already handed a stream position by a relay (a batch in flight or interrupted).
+
+    Works with either bookkeeping of the relay: positions kept on the rows (``publish_seq`` set while
+    pending) or open batches in ``outbox_batches``.
+    """
+    with psycopg.connect(db_url) as c:
+        return int(c.execute(_in_flight_sql(c)).fetchone()[0])
+
+
+def signal_while_in_flight(db_url: str, pid: int, sig: int, timeout: float = 5.0) -> None:
+    """Send ``sig`` to ``pid`` the moment a batch is seen in flight (polling on one open connection)."""
+    with psycopg.connect(db_url, autocommit=True) as c:
+        sql = _in_flight_sql(c)
+        deadline = time.monotonic() + timeout
+        while c.execute(sql).fetchone()[0] == 0 and time.monotonic() < deadline:
+            pass
+        os.kill(pid, sig)
+
+
+def relay_row(db_url: str) -> dict[str, Any]:
+    """The relay lease row, plus ``listening`` (notify_until in the future) and the server's ``now``."""
+    with psycopg.connect(db_url) as c:
+        cur = c.execute(
+            "SELECT leader, epoch, last_seq, lease_until, leader_since, notify_until, "
+            "notify_until > clock_timestamp() AS listening, clock_timestamp() AS now "
+            "FROM outbox_relay WHERE name = 'default'"
+        )
+        names = [d.name for d in cur.description or []]
+        row = cur.fetchone()
+    assert row is not None
+    return dict(zip(names, row, strict=True))
+
+
+def leader_pid(db_url: str) -> int | None:
+    """PID in the leader identity (``host:pid:suffix``) while the lease is live."""
+    r = relay_row(db_url)
+    if not r["leader"] or r["lease_until"] is None or r["lease_until"] < r["now"]:
+        return None
+    return int(r["leader"].split(":")[1])
+
+
+def assert_exactly_once(rds: redis.Redis, stream: str, db_url: str, expected: set[str]) -> int:
+    """Every expected event is on the stream exactly once, nothing else is, every row is published.
+
+    Returns how many rows were marked after a fence skip (published, but with no stream id of their
+    own: the event was already on the stream when a later relay re-sent it).
+    """
+    entries = stream_ids(rds, stream)
+    counts = collections.Counter(eid for _, eid in entries)
+    dups = {eid: c for eid, c in counts.items() if c > 1}
+    assert not dups, f"{len(dups)} event(s) on the stream more than once, e.g. {list(dups.items())[:5]}"
+    on_stream = set(counts)
+    missing = expected - on_stream
+    extra = on_stream - expected
+    assert not missing, f"{len(missing)} committed event(s) never reached the stream, e.g. {sorted(missing)[:5]}"
+    assert not extra, f"{len(extra)} unexpected event(s) on the stream, e.g. {sorted(extra)[:5]}"
+    table = rows(db_url)
+    assert set(table) == expected, "outbox rows and committed events differ"
+    not_published = {e: r for e, r in table.items() if r[0] != "published"}
+    assert not not_published, f"{len(not_published)} row(s) not published, e.g. {list(not_published.items())[:3]}"
+    by_sid = dict(entries)
+    for eid, (_, sid, _) in table.items():
+        if sid is not None:
+            assert by_sid.get(sid) == eid, f"row {eid} says stream id {sid}, which holds {by_sid.get(sid)}"
+    return sum(1 for _, sid, _ in table.values() if sid is None)
+
+
+def drain(settings: Settings, timeout: float = 30.0) -> Relay:
+    """Run fresh relays with ``until_idle`` until one became leader and emptied the outbox."""
+    deadline = time.monotonic() + timeout
+    while True:
+        relay = Relay(settings)
+        relay.run(until_idle=True)
+        if relay.stats.leader_epochs:
+            return relay
+        assert time.monotonic() < deadline, "no relay could take the lease (a dead leader's lease never expired?)"
+        time.sleep(0.1)
+
+
+def terminate_relay_backends(admin_url: str, dbname: str) -> int:
+    """Cut every connection of the relay to ``dbname`` (server side); how many were cut."""
+    with psycopg.connect(admin_url, autocommit=True) as c:
+        row = c.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name LIKE 'outbox-relay%%' AND pid <> pg_backend_pid()",
+            (dbname,),
+        ).fetchone()
+    return int(row[0])
+
+
+class Writer(threading.Thread):
+    """Writes small committed batches until stopped, surviving a dead or restarting database.
+
+    ``committed``: ids whose COMMIT returned. ``unsure``: ids whose COMMIT raised (may or may not
+    have committed; the database decides).
+    """
+
+    def __init__(self, db_url: str, *, chunk: int = 10, pause: float = 0.005) -> None:
+        super().__init__(daemon=True)
+        self.db_url, self.chunk, self.pause = db_url, chunk, pause
+        self.committed: set[str] = set()
+        self.unsure: set[str] = set()
+        self.errors = 0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        while not self.halt.is_set():
+            ids: list[str] = []
+            try:
+                if conn is None or conn.closed or conn.broken:
+                    conn = psycopg.connect(self.db_url, connect_timeout=2)
+                ids = [str(i) for i in outbox.record_many(conn, [ticket_event() for _ in range(self.chunk)])]
+                conn.commit()
+                self.committed.update(ids)
+            except psycopg.Error:
+                self.errors += 1
+                self.unsure.update(ids)
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                conn = None
+                time.sleep(0.05)
+            time.sleep(self.pause)
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(30)
+        assert not self.is_alive()
+
+
+@contextlib.contextmanager
+def own_redis(*, appendonly: bool = True) -> Iterator[RedisServer]:
+    server = RedisServer(appendonly=appendonly).start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+# ---- 1. SIGKILL of the relay, repeatedly ---------------------------------------------------------
+
+
+@pytest.mark.fault
+def test_sigkill_relay_repeatedly_publishes_every_event_exactly_once(db_url, redis_url, stream, rds):
+    settings = make_settings(db_url, redis_url, stream, batch_size=20)
+    expected = set(write_events(db_url, 3000))
+    # A warm standby is always running, so each kill costs one lease expiry, not a Python start-up.
+    procs = {p.pid: p for p in (spawn_relay(settings), spawn_relay(settings))}
+    kills = []  # (stream length before, stream length at the kill, rows of the victim left in flight)
+    rng = random.Random()
+    try:
+        for i in range(8):
+            before = xlen(rds, stream)
+            if before >= len(expected) - 300:
+                break
+            wait_for(lambda b=before: xlen(rds, stream) > b, timeout=20, interval=0.002, what="relay progress")
+            pid = wait_for(lambda: leader_pid(db_url), timeout=5, what="the leader")
+            victim = procs.pop(pid)
+            if i % 2:
+                time.sleep(rng.uniform(0, 0.05))
+                victim.kill()  # SIGKILL at a random moment
+            else:
+                signal_while_in_flight(db_url, victim.pid, signal.SIGKILL)  # between claim and mark
+            victim.communicate(timeout=10)
+            assert victim.returncode == -signal.SIGKILL, f"relay exited on its own (rc={victim.returncode})"
+            kills.append((before, xlen(rds, stream), in_flight(db_url)))
+            new = spawn_relay(settings)
+            procs[new.pid] = new
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.communicate(timeout=10)
+    assert len(kills) >= 5, f"backlog drained after only {len(kills)} kills: {kills}"
+    assert any(k[2] for k in kills), f"no kill interrupted a batch in flight: {kills}"
+    assert pending_count(db_url) > 0, "every event was published before the last kill: nothing was interrupted"
+
+    final = drain(settings)
+    skipped_rows = assert_exactly_once(rds, stream, db_url, expected)
+    assert final.stats.failed == 0 and final.stats.dead == 0
+    print(
+        f"\n[sigkill] kills={len(kills)} progress={kills} final relay: published={final.stats.published} "
+        f"fence_skipped={final.stats.fence_skipped}; rows marked after a fence skip: {skipped_rows}"
+    )
+    # every fence skip seen by the final relay left a row without a stream id of its own
+    assert final.stats.fence_skipped <= skipped_rows
+
+
+# ---- 2. Redis stopped mid-run --------------------------------------------------------------------
+
+
+@pytest.mark.fault
+def test_redis_stopped_rows_stay_pending_then_published_once(db_url, stream):
+    with own_redis(appendonly=True) as server:
+        rds = client(server.url)
+        settings = make_settings(db_url, server.url, stream, batch_size=50)
+        with relay_thread(settings) as relay:
+            first = set(write_events(db_url, 300, chunk=100))
+            wait_for(lambda: xlen(rds, stream) == 300, timeout=20, what="first events on the stream")
+
+            server.stop()
+            second = set(write_events(db_url, 300, chunk=100))
+            time.sleep(1.5)
+            counts = status_counts(db_url)
+            assert counts.get("pending") == 300, counts
+            assert counts.get("published") == 300, counts
+            assert "dead" not in counts and "failed" not in counts, counts
+            assert relay.stats.published == 300
+
+            server.start()  # same port, same AOF directory: stream and fence come back
+            assert xlen(rds, stream) == 300, "stream lost across a graceful Redis restart with appendonly"
+            third = set(write_events(db_url, 200, chunk=100))
+            wait_for(lambda: pending_count(db_url) == 0, timeout=30, what="everything published")
+            stats = relay.stats
+        assert_exactly_once(rds, stream, db_url, first | second | third)
+        assert stats.published == 800 and stats.dead == 0 and stats.failed == 0, stats
+        rds.close()
+
+
+# ---- 3. Redis SIGKILLed while publishing ---------------------------------------------------------
+
+
+@pytest.mark.fault
+def test_redis_sigkilled_while_publishing_no_duplicates(db_url, stream):
+    with own_redis(appendonly=True) as server:
+        rds = client(server.url)
+        settings = make_settings(db_url, server.url, stream, batch_size=50)
+        backlog = set(write_events(db_url, 3000))
+        writer = Writer(db_url, chunk=5, pause=0.01)
+        with relay_thread(settings) as relay:
+            writer.start()
+            killed = 0
+            for _ in range(3):
+                before = xlen(rds, stream)
+                wait_for(lambda b=before: xlen(rds, stream) > b + 50, timeout=30, interval=0.002, what="progress")
+                server.kill()  # SIGKILL
+                killed += 1
+                time.sleep(0.3)
+                server.start()
+            writer.stop()
+            assert writer.errors == 0
+            expected = backlog | writer.committed
+            wait_for(lambda: pending_count(db_url) == 0, timeout=60, what="everything published")
+            stats = relay.stats
+        skipped = assert_exactly_once(rds, stream, db_url, expected)
+        assert stats.dead == 0 and stats.failed == 0, stats
+        print(f"\n[redis kill] kills={killed} events={len(expected)} stats={stats} fence-skipped rows={skipped}")
+        rds.close()
+
+
+# ---- 4. Postgres connections cut -----------------------------------------------------------------
+
+
+@pytest.mark.fault
+def test_postgres_connections_cut_repeatedly(db_url, pg_admin_url, settings, rds, stream):
+    dbname = urlsplit(db_url).path.lstrip("/")
+    backlog = set(write_events(db_url, 1000))
+    writer = Writer(db_url, chunk=10, pause=0.005)
+    cut = 0
+    with relay_thread(settings) as relay:
+        writer.start()
+        for _ in range(6):
+            wait_for(
+                lambda: terminate_relay_backends(pg_admin_url, dbname) > 0 or None,
+                timeout=10,
+                interval=0.01,
+                what="a relay backend to terminate",
+            )
+            cut += 1
+            time.sleep(0.3)
+        writer.stop()
+        assert writer.errors == 0
+        expected = backlog | writer.committed
+        wait_for(lambda: pending_count(db_url) == 0, timeout=30, what="everything published")
+        stats = relay.stats
+    skipped = assert_exactly_once(rds, stream, db_url, expected)
+    assert stats.db_errors >= cut, stats
+    assert stats.dead == 0 and stats.failed == 0, stats
+    print(f"\n[pg cut] cuts={cut} events={len(expected)} stats={stats} fence-skipped rows={skipped}")
+
+
+# ---- 5. own Postgres stopped / crashed and restarted ---------------------------------------------
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize("how", ["stop", "kill"])
+def test_postgres_restart_everything_exactly_once(how, redis_url, stream, rds):
+    server = PostgresServer().start()
+    try:
+        url = server.url("postgres")
+        migrate.upgrade(url)
+        settings = make_settings(url, redis_url, stream, batch_size=50)
+        writer = Writer(url, chunk=10, pause=0.005)
+        with relay_thread(settings) as relay:
+            writer.start()
+            for _ in range(2):
+                wait_for(lambda: len(writer.committed) > 0 and xlen(rds, stream) > 0, timeout=20, what="traffic")
+                time.sleep(0.7)
+                if how == "stop":
+                    server.stop()
+                else:
+                    server.kill()
+                time.sleep(0.7)
+                server.start()
+            before = len(writer.committed)
+            wait_for(lambda: len(writer.committed) > before + 50, timeout=20, what="writes after the restart")
+            writer.stop()
+            wait_for(lambda: pending_count(url) == 0, timeout=30, what="everything published")
+            stats = relay.stats
+        table = rows(url)
+        assert writer.committed <= set(table), "a committed event is missing from the outbox after the restart"
+        assert set(table) <= writer.committed | writer.unsure
+        skipped = assert_exactly_once(rds, stream, url, set(table))
+        assert stats.db_errors >= 2 and stats.dead == 0 and stats.failed == 0, stats
+        print(f"\n[pg {how}] events={len(table)} writer errors={writer.errors} stats={stats} fence-skipped={skipped}")
+    finally:
+        server.close()
+
+
+# ---- 6. poison rows ------------------------------------------------------------------------------
+
+
+def insert_raw(conn: psycopg.Connection[Any], event_type: str, ref: str, payload: dict[str, Any], tenant: str) -> str:
+    """A row written by a non-validating writer (plain SQL)."""
+    eid = str(uuid.uuid4())
+    conn.execute(
+        "INSERT INTO outbox_events (event_id, tenant_id, event_type, schema_ref, payload, occurred_at) "
+        "VALUES (%s, %s, %s, %s, %s::jsonb, clock_timestamp())",
+        (eid, tenant, event_type, ref, json.dumps(payload)),
+    )
+    return eid
+
+
+def test_poison_rows_are_dead_lettered_and_do_not_block(settings, rds, stream, db_url):
+    ok = "2026-01-01T00:00:00.000Z"
+    good = set(write_events(db_url, 20))
+    with psycopg.connect(db_url) as conn:
+        missing_field = insert_raw(
+            conn, EVENT_TYPE, SCHEMA_REF,
+            {"tenantId": TENANT, "occurredAt": ok, "previousStatusId": "a", "newStatusId": "b"}, TENANT,
+        )  # fmt: skip
+        wrong_tenant = insert_raw(
+            conn, EVENT_TYPE, SCHEMA_REF,
+            {"tenantId": "t2", "occurredAt": ok, "ticketId": str(uuid.uuid4()), "previousStatusId": "a",
+             "newStatusId": "b"}, TENANT,
+        )  # fmt: skip
+        unknown_type = insert_raw(
+            conn, "NO_SUCH_EVENT_TYPE", "payload.NoSuchEventType.v1", {"tenantId": TENANT, "occurredAt": ok}, TENANT
+        )
+        conn.commit()
+    good |= set(write_events(db_url, 20))
+    with relay_thread(settings) as relay:
+        wait_for(lambda: pending_count(db_url) == 0, timeout=15, what="outbox drained")
+        stats = relay.stats
+    table = rows(db_url)
+    poison = {missing_field, wrong_tenant, unknown_type}
+    for eid in poison:
+        assert table[eid][0] == "dead", (eid, table[eid])
+    err = table[missing_field][2] or ""
+    assert SCHEMA_REF in err and "ticketId" in err and "PayloadValidationError" in err, err
+    err = table[wrong_tenant][2] or ""
+    assert "TenantMismatch" in err and "t2" in err, err
+    err = table[unknown_type][2] or ""
+    assert "UnknownEventType" in err and "NO_SUCH_EVENT_TYPE" in err, err
+    on_stream = [eid for _, eid in stream_ids(rds, stream)]
+    assert not poison & set(on_stream), "a dead-lettered event reached the stream"
+    assert sorted(on_stream) == sorted(good), "valid events were not all published exactly once"
+    assert all(table[e][0] == "published" for e in good)
+    assert stats.dead == 3 and stats.failed == 0 and stats.published == 40, stats
+
+
+@pytest.mark.fault
+def test_poison_row_in_an_interrupted_batch_stays_dead(db_url, stream):
+    """A batch [A, P, B] with P invalid: A and B reach the stream, the relay is SIGKILLed before it
+    records the outcome. The successor recovers the batch: A and B are already on the stream (fence),
+    but P never was: it must end 'dead', not 'published'.
+
+    Staging (all real faults): the test's own Redis is frozen (SIGSTOP) while the relay claims the
+    batch; the test then holds the relay row lock, so after Redis thaws and the batch is published
+    the relay blocks on its next lease renewal; it is SIGKILLed there.
+    """
+    with own_redis(appendonly=False) as server:
+        rds = client(server.url)
+        settings = make_settings(db_url, server.url, stream, batch_size=50)
+        proc = spawn_relay(settings)
+        lock: psycopg.Connection[Any] | None = None
+        try:
+            wait_for(lambda: leader_pid(db_url) == proc.pid, timeout=20, what="the relay to lead")
+            time.sleep(0.3)  # idle
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            try:
+                with psycopg.connect(db_url) as conn:
+                    a = str(outbox.record_many(conn, [ticket_event()])[0])
+                    p = insert_raw(
+                        conn, EVENT_TYPE, SCHEMA_REF,
+                        {"tenantId": TENANT, "occurredAt": "2026-01-01T00:00:00.000Z", "previousStatusId": "a",
+                         "newStatusId": "b"}, TENANT,
+                    )  # fmt: skip
+                    b = str(outbox.record_many(conn, [ticket_event()])[0])
+                    conn.commit()
+                wait_for(lambda: in_flight(db_url) == 3, timeout=10, what="the batch [A, P, B] to be claimed")
+                lock = psycopg.connect(db_url)
+                lock.execute("SELECT 1 FROM outbox_relay WHERE name = 'default' FOR UPDATE")
+                time.sleep(0.6)  # > lease_ttl / 3: the relay renews its lease before its next claim
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+            wait_for(lambda: {e for _, e in stream_ids(rds, stream)} == {a, b}, timeout=10, what="A and B")
+            time.sleep(0.3)  # the relay is now blocked on the relay row, its outcome not yet written
+            proc.kill()
+            proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+            if lock is not None:
+                lock.close()
+        assert in_flight(db_url) == 3, "staging failed: the killed relay's batch should still be open"
+
+        final = drain(settings)
+        table = rows(db_url)
+        on_stream = [e for _, e in stream_ids(rds, stream)]
+        assert sorted(on_stream) == sorted([a, b])
+        assert table[a][0] == "published" and table[b][0] == "published"
+        assert table[p][0] == "dead", (
+            f"poison row P ended {table[p][0]!r} (stream id {table[p][1]}, last_error {table[p][2]!r}) "
+            f"though it never reached the stream; successor stats: {final.stats}"
+        )
+        assert "ticketId" in (table[p][2] or "")
+        assert final.stats.fence_skipped == 2 and final.stats.dead == 1, final.stats
+        rds.close()
+
+
+# ---- 7. SIGTERM ----------------------------------------------------------------------------------
+
+
+@pytest.mark.fault
+def test_sigterm_exits_zero_promptly_and_successor_finishes(db_url, redis_url, stream, rds):
+    settings = make_settings(db_url, redis_url, stream, batch_size=10)
+    expected = set(write_events(db_url, 4000))
+    proc = spawn_relay(settings)
+    try:
+        wait_for(lambda: xlen(rds, stream) > 200, timeout=20, interval=0.005, what="relay progress")
+        proc.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=5)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    log = err.decode(errors="replace")
+    assert proc.returncode == 0, f"rc={proc.returncode}\n{log[-2000:]}"
+    assert took < 5
+    assert "received SIGTERM" in log, log[-2000:]
+    left = pending_count(db_url)
+    assert left > 0, "the relay finished the whole backlog before SIGTERM: it was not busy"
+    with psycopg.connect(db_url) as c:
+        leader = c.execute("SELECT leader FROM outbox_relay WHERE name = 'default'").fetchone()[0]
+    assert in_flight(db_url) == 0, "a graceful stop left a batch in flight (it should finish the batch in hand)"
+    assert leader is None, "a graceful stop did not release the lease"
+
+    t1 = time.monotonic()
+    final = drain(settings.model_copy(update={"batch_size": 500}))
+    assert time.monotonic() - t1 < settings.lease_ttl + 10
+    assert final.stats.fence_skipped == 0 and final.stats.published == left, final.stats
+    assert assert_exactly_once(rds, stream, db_url, expected) == 0
