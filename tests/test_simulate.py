@@ -456,7 +456,7 @@ def test_cli_unknown_event_type_exits_2():
     assert run_cli("simulate", "NOPE", "--invalid").returncode == 2
 
 
-def test_cli_record_inserts_a_row(db_url):
+def test_cli_record_inserts_a_row(db_url, settings, rds, stream):
     res = run_cli("simulate", "TICKET_ASSIGNED", "--record", "--seed", "5", env={"OUTBOX_DATABASE_URL": db_url})
     assert res.returncode == 0, res.stderr
     payload = json.loads(res.stdout)
@@ -469,6 +469,10 @@ def test_cli_record_inserts_a_row(db_url):
     assert row is not None
     assert row[0] == "TICKET_ASSIGNED" and row[1] == payload["tenantId"] and row[3] == "pending"
     assert (row[2] if isinstance(row[2], dict) else json.loads(row[2])) == payload
+    # the relay then publishes it
+    Relay(settings).run(until_idle=True)
+    [(_sid, fields)] = stream_entries(rds, stream)
+    assert fields["event_id"] == event_id and json.loads(fields["payload_json"]) == payload
     # --database-url wins over nothing; a bad URL is a configuration error (exit 2)
     res = run_cli("simulate", "TICKET_ASSIGNED", "--record", "--database-url", "mysql://x/y")
     assert res.returncode == 2 and "OUTBOX_DATABASE_URL" in res.stderr
