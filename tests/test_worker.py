@@ -417,8 +417,8 @@ def test_schema_invalid_payload_is_recorded_and_starts_no_run(ws, rds, stream, d
     trigger(db_url, "tenant-a", "flow")
     missing = status_payload("tenant-a")
     del missing["newStatusId"]
-    extra = status_payload("tenant-a", color="red")
-    bad = {"missing": entry("tenant-a", missing), "extra": entry("tenant-a", extra),
+    wrong_type = {**status_payload("tenant-a"), "ticketId": "not-a-uuid"}
+    bad = {"missing": entry("tenant-a", missing), "wrong-type": entry("tenant-a", wrong_type),
            "unknown": entry("tenant-a", {"x": 1}, event_type="NO_SUCH_EVENT"),
            "not-object": entry("tenant-a", "[1, 2]")}  # fmt: skip
     ok = entry("tenant-a", status_payload("tenant-a"))
@@ -428,7 +428,7 @@ def test_schema_invalid_payload_is_recorded_and_starts_no_run(ws, rds, stream, d
     errors = dict(q(db_url, "SELECT event_id::text, error FROM workflow_runtime_events"))
     assert errors[ok["event_id"]] is None
     assert "newStatusId" in errors[bad["missing"]["event_id"]] and STATUS_REF in errors[bad["missing"]["event_id"]]
-    assert "color" in errors[bad["extra"]["event_id"]]
+    assert "ticketId" in errors[bad["wrong-type"]["event_id"]]
     assert "UnknownEventType" in errors[bad["unknown"]["event_id"]]
     assert errors[bad["not-object"]["event_id"]].startswith("PayloadValidationError")
     assert [e for _, _, e in runs(db_url)] == [ok["event_id"]]

@@ -105,7 +105,7 @@ WITH input AS (
 ),
 cand AS (
     SELECT t.id AS trigger_id, t.workflow_name, t.payload_schema_ref AS expected,
-           (t.payload_schema_ref IS NULL OR t.payload_schema_ref = i.schema_ref) AS ok,
+           (t.payload_schema_ref IS NULL OR t.payload_schema_ref IS NOT DISTINCT FROM i.schema_ref) AS ok,
            i.event_id, i.tenant_id, i.payload, i.schema_ref
     FROM input i
     JOIN workflow_triggers t
