@@ -1,4 +1,4 @@
-"""CRM: clients, contacts, interactions, notes and tags put their events on the stream once, valid for their contracts."""
+"""CRM: clients, contacts, interactions, notes and tags put their events on the stream once, valid."""
 
 from __future__ import annotations
 
