@@ -24,10 +24,13 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from typer.testing import CliRunner
 
 import outbox
 from catalog import register_tenant_event
 from outbox import wire
+from outbox.embedded import RedisServer
+from outboxctl.main import app as cli_app
 from tests.conftest import ROOT, relay_thread, stream_entries, wait_for
 from worker import Worker, WorkerSettings, add_trigger, load_worker_settings, set_enabled
 from worker.settings import env_name
@@ -362,6 +365,46 @@ def test_entry_abandoned_by_crashing_consumers_is_dead_lettered(db_url, redis_ur
     assert count(db_url, "workflow_runtime_events") == 1
 
 
+def test_database_outage_is_not_charged_to_the_entries(db_url, redis_url, stream, rds):
+    """While the database cannot ingest (here: the table is away), the batch in hand is retried with backoff; no
+    delivery is charged, nothing is dead-lettered, and it is ingested once the database is back."""
+    ws = wsettings(db_url, redis_url, stream, max_deliveries=1)
+    trigger(db_url, "tenant-a", "flow")
+    with psycopg.connect(db_url, autocommit=True) as c:
+        c.execute("ALTER TABLE workflow_runtime_events RENAME TO workflow_runtime_events_away")
+    xadd_all(rds, stream, [entry("tenant-a", status_payload("tenant-a")) for _ in range(5)])
+    with worker_thread(ws) as w:
+        wait_for(lambda: w.stats.db_errors >= 3, what="database errors")
+        assert pending(rds, stream) == 5 and not rds.exists(f"{stream}:dlq")
+        with psycopg.connect(db_url, autocommit=True) as c:
+            c.execute("ALTER TABLE workflow_runtime_events_away RENAME TO workflow_runtime_events")
+        wait_for(lambda: drained(rds, stream, db_url, 5), what="ingested after the outage")
+    assert w.stats.failed_deliveries == 0 and w.stats.dead_lettered == 0
+    assert count(db_url, "workflow_run_requests") == 5
+
+
+@pytest.mark.fault
+def test_redis_restart_worker_recovers(db_url, stream):
+    """Redis killed and restarted empty (no persistence): the worker reconnects, creates its group again and goes on."""
+    with RedisServer() as srv:
+        ws = wsettings(db_url, srv.url, stream)
+        trigger(db_url, "tenant-a", "flow")
+        r = redis.Redis.from_url(srv.url, decode_responses=True)
+        try:
+            with worker_thread(ws) as w:
+                xadd_all(r, stream, [entry("tenant-a", status_payload("tenant-a")) for _ in range(5)])
+                wait_for(lambda: drained(r, stream, db_url, 5), what="first 5")
+                srv.kill()
+                time.sleep(0.5)
+                srv.start()
+                xadd_all(r, stream, [entry("tenant-a", status_payload("tenant-a")) for _ in range(5)])
+                wait_for(lambda: drained(r, stream, db_url, 10), what="5 more after the restart")
+            assert w.stats.redis_errors >= 1
+        finally:
+            r.close()
+    assert count(db_url, "workflow_run_requests") == 10
+
+
 # ---- triggers ---------------------------------------------------------------------------------------------
 
 
@@ -523,14 +566,18 @@ def test_status_json(ws, rds, stream, db_url, tmp_path):
     xadd_all(rds, stream, [entry("tenant-a", status_payload("tenant-a")) for _ in range(4)])  # not yet consumed
     rds.xreadgroup("workflow-runtime-v2", "reader-x", {stream: ">"}, count=1)  # delivered, never acknowledged
 
-    def status(*extra: str) -> dict[str, Any]:
-        env = worker_env(ws)
-        done = subprocess.run([sys.executable, "-m", "outboxctl", "worker", "status", "--json", *extra],
-                              env=env, capture_output=True, cwd=ROOT, timeout=60)  # fmt: skip
-        assert done.returncode == 0, done.stderr.decode()
-        return dict(json.loads(done.stdout))
+    def status(*extra: str, subprocess_: bool = False) -> dict[str, Any]:
+        args = ["worker", "status", "--json", *extra]
+        if subprocess_:  # the real console entry point once
+            done = subprocess.run([sys.executable, "-m", "outboxctl", *args], env=worker_env(ws), capture_output=True,
+                                  cwd=ROOT, timeout=60)  # fmt: skip
+            assert done.returncode == 0, done.stderr.decode()
+            return dict(json.loads(done.stdout))
+        result = CliRunner().invoke(cli_app, args, env=worker_env(ws))
+        assert result.exit_code == 0, result.output
+        return dict(json.loads(result.stdout))
 
-    data = status()
+    data = status(subprocess_=True)
     assert data["group"] == "workflow-runtime-v2" and data["group_exists"] is True
     assert data["lag"] == 3 and data["lag_source"] == "xinfo"
     assert data["pending"] == 1
@@ -552,7 +599,5 @@ def test_status_json(ws, rds, stream, db_url, tmp_path):
     finally:
         r.close()
     # human output
-    env = worker_env(ws)
-    done = subprocess.run([sys.executable, "-m", "outboxctl", "worker", "status"], env=env, capture_output=True,
-                          cwd=ROOT, timeout=60)  # fmt: skip
-    assert done.returncode == 0 and b"runs started" in done.stdout
+    result = CliRunner().invoke(cli_app, ["worker", "status"], env=worker_env(ws))
+    assert result.exit_code == 0 and "runs started" in result.stdout
