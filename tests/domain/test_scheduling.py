@@ -207,7 +207,7 @@ def test_appointment_requests(act, published):
         "2026-03-04T13:30:00.000Z",
         "2026-03-04T15:00:00.000Z",
         TECH,
-    )  # 14:30 Berlin (CET) fmt: skip
+    )  # 14:30 in Berlin (CET)
     published.expect_once("SCHEDULE_ENTRY_CREATED", one(ev, "SCHEDULE_ENTRY_CREATED"))
 
     # withdrawing an approved request cancels its appointment as well
