@@ -499,7 +499,8 @@ def add_additional_agent(ctx: Ctx, ticket_id: str, agent_id: str) -> None:
     )
     tid = str(t["id"])
     emit(ctx, "TICKET_ADDITIONAL_AGENT_ASSIGNED",
-         {"ticketId": tid, "primaryAgentId": primary, "additionalAgentId": agent, "assignedByUserId": ctx.user_id},
+         {"ticketId": tid, "primaryAgentId": primary, "additionalAgentId": agent, "assignedByUserId": ctx.user_id,
+          "userId": ctx.user_id},  # undeclared but kept: the stream entry's user_id
          aggregate=_agg(tid))  # fmt: skip
 
 
