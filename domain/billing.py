@@ -124,6 +124,7 @@ contracts = Table(
     Column("currency", String(3), nullable=False),
     Column("billing_frequency", String, nullable=False),
     Column("next_billing_date", Date, nullable=False),
+    Column("periods_billed", Integer, nullable=False, default=0),
     Column("renewal_notified_for", Date),  # the end date a renewal reminder was already sent for
     Column("updated_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
 )
@@ -517,7 +518,7 @@ def apply_payment(ctx: Ctx, payment_id: str, applications: Mapping[str, str | De
         raise InvalidInput("applications must map invoice ids to amounts")
     wanted = {str(k): _money(v, f"amount for invoice {k}") for k, v in applications.items()}
     p = fetch(ctx, payments, "payment", payment_id)
-    if p["status"] != "received":
+    if p["status"] not in ("received", "partially_refunded"):
         raise InvalidTransition("payment", p["status"], "applied")
     unapplied = p["amount"] - p["amount_applied"] - p["amount_refunded"]
     if (asked := sum(wanted.values(), Decimal(0))) > unapplied:
@@ -702,7 +703,8 @@ def create_contract(
     ctx.conn.execute(
         contracts.insert().values(id=kid, tenant_id=ctx.tenant_id, client_id=client["id"], name=name, status="draft",
                                   start_date=start, end_date=end, amount=amt, currency=currency,
-                                  billing_frequency=billing_frequency, next_billing_date=start, updated_at=at)
+                                  billing_frequency=billing_frequency, next_billing_date=start, periods_billed=0,
+                                  updated_at=at)
     )  # fmt: skip
     emit(ctx, "CONTRACT_CREATED", {"contractId": kid, "clientId": str(client["id"]), "createdByUserId": ctx.user_id,
                                    "createdAt": iso(at), "startDate": start.isoformat(),
@@ -850,7 +852,8 @@ def execute_billing_run(ctx: Ctx, run_id: str) -> dict[str, Any]:
     day: date = run["run_date"]
     created, warnings = 0, []
     for k in _due_contracts(ctx, day):
-        period_end = _add_months(k["next_billing_date"], FREQUENCY_MONTHS[k["billing_frequency"]])
+        billed = k["periods_billed"] + 1  # periods count from the start date, so month ends do not drift
+        period_end = _add_months(k["start_date"], FREQUENCY_MONTHS[k["billing_frequency"]] * billed)
         lines = [{"description": f"{k['name']} ({k['next_billing_date'].isoformat()} to "
                                  f"{(period_end - timedelta(days=1)).isoformat()})",
                   "quantity": 1, "unit_price": amount_str(k["amount"])}]  # fmt: skip
@@ -859,7 +862,11 @@ def execute_billing_run(ctx: Ctx, run_id: str) -> dict[str, Any]:
             client = _client(ctx, str(k["client_id"]), "invoiced")
             _generate(ctx, client, lines, k["currency"], day + timedelta(days=PAYMENT_TERMS_DAYS),
                       contract_id=k["id"], run_id=run["id"])  # fmt: skip
-            ctx.conn.execute(contracts.update().where(contracts.c.id == k["id"]).values(next_billing_date=period_end))
+            ctx.conn.execute(
+                contracts.update()
+                .where(contracts.c.id == k["id"])
+                .values(next_billing_date=period_end, periods_billed=billed)
+            )
             savepoint.commit()
             created += 1
         except DomainError as exc:
