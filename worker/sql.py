@@ -96,10 +96,10 @@ WITH input AS (
            i.from_state, i.to_state, i.occurred_at, i.payload::jsonb AS payload, i.schema_ref, i.schema_source,
            i.stream_id, i.error
     FROM unnest(
-        %(event_id)s::uuid[], %(tenant_id)s::text[], %(event_type)s::text[], %(event_name)s::text[],
-        %(correlation_key)s::text[], %(execution_id)s::text[], %(user_id)s::text[], %(from_state)s::text[],
-        %(to_state)s::text[], %(occurred_at)s::timestamptz[], %(payload)s::text[], %(schema_ref)s::text[],
-        %(schema_source)s::text[], %(stream_id)s::text[], %(error)s::text[]
+        %(event_id)b::uuid[], %(tenant_id)b::text[], %(event_type)b::text[], %(event_name)b::text[],
+        %(correlation_key)b::text[], %(execution_id)b::text[], %(user_id)b::text[], %(from_state)b::text[],
+        %(to_state)b::text[], %(occurred_at)b::timestamptz[], %(payload)b::text[], %(schema_ref)b::text[],
+        %(schema_source)b::text[], %(stream_id)b::text[], %(error)b::text[]
     ) AS i(event_id, tenant_id, event_type, event_name, correlation_key, execution_id, user_id, from_state,
            to_state, occurred_at, payload, schema_ref, schema_source, stream_id, error)
 ),
