@@ -95,12 +95,10 @@ def send_message(ctx: Ctx, conversation_id: str, recipient_id: str, body: str) -
         uuid.UUID(ctx.tenant_id)
     except ValueError:
         raise InvalidInput(f"tenant {ctx.tenant_id!r} must be a UUID for legacy bus events") from None
-    names = dict(
-        ctx.conn.execute(
-            select(members.c.user_id, members.c.display_name).where(members.c.conversation_id == conv["id"])
-        ).tuples()
+    rows = ctx.conn.execute(
+        select(members.c.user_id, members.c.display_name).where(members.c.conversation_id == conv["id"])
     )
-    names = {str(k): v for k, v in names.items()}
+    names = {str(user): name for user, name in rows}
     if sender not in names:
         raise InvalidInput("the sender is not a member of this conversation")
     if recipient not in names or recipient == sender:

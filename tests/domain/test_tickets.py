@@ -8,8 +8,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-import domain.tickets  # noqa: F401 - registers the ticket tables before the engine fixture creates them
-from domain import tickets
+from domain import tickets  # importing registers its tables for the engine fixture's create_all
 from domain.base import InvalidInput, InvalidTransition, NotFound, WrongTenant, now
 
 COVERED = {
