@@ -14,7 +14,7 @@ from relay.loop import Relay
 log = logging.getLogger("relay")
 
 
-def serve(settings: Settings, *, once: bool = False) -> int:
+def serve(settings: Settings, *, once: bool = False, early_signals: list[int] | None = None) -> int:
     """Run a relay until SIGTERM/SIGINT (or until idle with ``once``); returns the exit code."""
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -29,6 +29,9 @@ def serve(settings: Settings, *, once: bool = False) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if early_signals:
+        log.info("stop requested during start-up")
+        relay.stop()
     if settings.metrics_port is not None:
         from prometheus_client import start_http_server
 
@@ -42,7 +45,7 @@ def serve(settings: Settings, *, once: bool = False) -> int:
     return 0
 
 
-def main() -> int:
+def main(early_signals: list[int] | None = None) -> int:
     """``python -m relay`` entry point."""
     try:
         settings = load_settings()
@@ -51,4 +54,4 @@ def main() -> int:
     except ConfigurationError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    return serve(settings, once="--once" in sys.argv[1:])
+    return serve(settings, once="--once" in sys.argv[1:], early_signals=early_signals)

@@ -208,12 +208,21 @@ class Relay:
 
     def _connect(self) -> psycopg.Connection[Any]:
         if self._db is None or self._db.closed or self._db.broken:
-            self._db = psycopg.connect(self.dsn, connect_timeout=5, application_name="outbox-relay")
+            self._db = psycopg.connect(
+                self.dsn, connect_timeout=5, application_name="outbox-relay", options=self._session_options()
+            )
             self._recover = True
             if self._db_down_since is not None:
                 log.warning("database reachable again after %.1fs", time.monotonic() - self._db_down_since)
                 self._db_down_since = None
         return self._db
+
+    def _session_options(self) -> str:
+        # A relay frozen inside a transaction (long pause, partition) must not keep the relay row locked
+        # past its lease, or no standby could take over: the server ends such a transaction, and lock
+        # waits are bounded so a standby's takeover attempt never hangs behind a frozen leader.
+        ttl_ms = int(self.settings.lease_ttl * 1000)
+        return f"-c idle_in_transaction_session_timeout={max(1000, ttl_ms)} -c lock_timeout={max(1000, ttl_ms)}"
 
     def _on_db_error(self, exc: psycopg.Error) -> None:
         self.stats.db_errors += 1
@@ -262,10 +271,12 @@ class Relay:
 
     def _renew(self, db: psycopg.Connection[Any], *, idle: bool) -> None:
         notify_for = 3 * self.settings.idle_poll_interval + self.settings.lease_ttl
-        row = db.execute(
-            sql.RENEW, {"ttl": self.settings.lease_ttl, "idle": idle, "notify_for": notify_for, "epoch": self.epoch}
-        ).fetchone()
-        db.commit()
+        with db.pipeline():
+            cur = db.execute(
+                sql.RENEW, {"ttl": self.settings.lease_ttl, "idle": idle, "notify_for": notify_for, "epoch": self.epoch}
+            )
+            db.commit()
+        row = cur.fetchone()
         if row is None:
             raise _LostLease()
         self._renewed_at = time.monotonic()
@@ -362,6 +373,8 @@ class Relay:
         out: list[Outgoing] = []
         for r in rows:
             if r.seq <= hwm:
+                # Only rows that were valid are ever sent, and rejected rows are marked before anything
+                # is sent (below), so a still-pending row at or below the fence did reach the stream.
                 mark.published.append((r.id, None, r.seq))
                 self.stats.fence_skipped += 1
                 metrics.DEDUPED.inc()
@@ -378,23 +391,40 @@ class Relay:
                 continue
             good.append(r)
             out.append(Outgoing(r.seq, values))
+        dead, failed = len(mark.dead), len(mark.failed)
+        if dead or failed:
+            # Rejected rows hold positions too: commit their verdict (synchronously) before sending the
+            # rest, or a crash could leave them pending below the fence and recovery would take them for
+            # published.
+            assert self._db is not None
+            self._db.rollback()
+            if mark.dead:
+                self._db.execute(
+                    sql.MARK_DEAD, {"ids": [m[0] for m in mark.dead], "reasons": [m[1] for m in mark.dead]}
+                )
+            if mark.failed:
+                self._db.execute(
+                    sql.MARK_FAILED, {"ids": [m[0] for m in mark.failed], "reasons": [m[1] for m in mark.failed]}
+                )
+            self._db.commit()
+            mark.dead, mark.failed = [], []
         try:
             self._publish(out, good, mark)
         finally:
             # Whatever is known to be on the stream gets marked, even when interrupted; if the batch is
             # not complete it stays open and is recovered (the fence drops what was already sent).
-            if len(mark.published) + len(mark.dead) + len(mark.failed) == len(rows):
+            if len(mark.published) + dead + failed == len(rows):
                 self._mark = mark
             else:
                 self._recover = True
-                if self._db is not None and (mark.published or mark.dead):
-                    partial = _Mark(-1, mark.published, mark.dead, mark.failed)
+                if self._db is not None and mark.published:
+                    partial = _Mark(-1, mark.published)
                     with contextlib.suppress(psycopg.Error):
                         self._mark = partial
                         self._flush_mark_rows(self._db)
-        self.stats.dead += len(mark.dead)
-        self.stats.failed += len(mark.failed)
-        metrics.FAILED.inc(len(mark.failed))
+        self.stats.dead += dead
+        self.stats.failed += failed
+        metrics.FAILED.inc(failed)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
     def _flush_mark_rows(self, db: psycopg.Connection[Any]) -> None:
@@ -410,8 +440,6 @@ class Relay:
                 {"ids": [m[0] for m in mark.published], "sids": [m[1] for m in mark.published],
                  "seqs": [m[2] for m in mark.published]},
             )  # fmt: skip
-        if mark.dead:
-            db.execute(sql.MARK_DEAD, {"ids": [m[0] for m in mark.dead], "reasons": [m[1] for m in mark.dead]})
         db.commit()
 
     def _publish(self, out: list[Outgoing], good: list[_Row], mark: _Mark) -> None:

@@ -310,7 +310,9 @@ def test_redis_stopped_rows_stay_pending_then_published_once(db_url, stream):
             assert relay.stats.published == 300
 
             server.start()  # same port, same AOF directory: stream and fence come back
-            assert xlen(rds, stream) == 300, "stream lost across a graceful Redis restart with appendonly"
+            # The relay may already be publishing the held events again; the first 300 must have survived.
+            survivors = [f["event_id"] for _, f in rds.xrange(stream, count=300)]
+            assert set(survivors) == first, "stream lost across a graceful Redis restart with appendonly"
             third = set(write_events(db_url, 200, chunk=100))
             wait_for(lambda: pending_count(db_url) == 0, timeout=30, what="everything published")
             stats = relay.stats
@@ -500,7 +502,13 @@ def test_poison_row_in_an_interrupted_batch_stays_dead(db_url, stream):
                     )  # fmt: skip
                     b = str(outbox.record_many(conn, [ticket_event()])[0])
                     conn.commit()
-                wait_for(lambda: in_flight(db_url) == 3, timeout=10, what="the batch [A, P, B] to be claimed")
+                # The relay rejects P and commits that verdict before it sends A and B (a rejected row
+                # must never be left pending below the fence); A and B stay in flight while Redis is frozen.
+                wait_for(
+                    lambda: in_flight(db_url) == 2 and rows(db_url)[p][0] == "dead",
+                    timeout=10,
+                    what="the batch [A, P, B] to be claimed and P rejected",
+                )
                 lock = psycopg.connect(db_url)
                 lock.execute("SELECT 1 FROM outbox_relay WHERE name = 'default' FOR UPDATE")
                 time.sleep(0.6)  # > lease_ttl / 3: the relay renews its lease before its next claim
@@ -516,7 +524,7 @@ def test_poison_row_in_an_interrupted_batch_stays_dead(db_url, stream):
                 proc.communicate()
             if lock is not None:
                 lock.close()
-        assert in_flight(db_url) == 3, "staging failed: the killed relay's batch should still be open"
+        assert in_flight(db_url) == 2, "staging failed: the killed relay's batch should still be open"
 
         final = drain(settings)
         table = rows(db_url)
@@ -528,7 +536,7 @@ def test_poison_row_in_an_interrupted_batch_stays_dead(db_url, stream):
             f"though it never reached the stream; successor stats: {final.stats}"
         )
         assert "ticketId" in (table[p][2] or "")
-        assert final.stats.fence_skipped == 2 and final.stats.dead == 1, final.stats
+        assert final.stats.fence_skipped == 2 and final.stats.published == 0, final.stats
         rds.close()
 
 
