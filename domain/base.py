@@ -136,7 +136,8 @@ def diff(before: Mapping[str, Any], after: Mapping[str, Any], prefix: str = "") 
             changes.update(c)
         elif old != new:
             fields.append(path)
-            changes[path] = {"previous": _json(old), "new": _json(new)}
+            # an empty side is left out: the contracts allow absent previous/new, not null
+            changes[path] = {k: _json(v) for k, v in (("previous", old), ("new", new)) if v is not None}
     return fields, changes
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ("tickets",)
+MODULES = ("tickets", "crm", "billing")
 
 for _name in MODULES:
     importlib.import_module(f"domain.{_name}")
