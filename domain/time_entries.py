@@ -2,7 +2,7 @@
 
 Lifecycle: ``draft`` --submit--> ``submitted`` --approve--> ``approved``. TIME_ENTRY_SUBMITTED/APPROVED are legacy
 bus types (UUID tenant; ``userId`` is the acting user: the submitter, then the approver). Work items are tickets
-(``TICKET``) and, once a module registers its table with ``register_work_item``, project tasks (``PROJECT_TASK``).
+(``TICKET``) and project tasks (``PROJECT_TASK``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Boolean, Column, DateTime, Integer, String, Table, Text, Uuid
 
-from domain import tickets
+from domain import projects, tickets
 from domain.base import Ctx, InvalidInput, InvalidTransition, emit, emits, fetch, iso, metadata, new_id, now
 
 time_entries = Table(
@@ -32,13 +32,11 @@ time_entries = Table(
     Column("approved_by", Uuid),
 )
 
-# work item type -> (table, kind shown in errors); tickets are built in, project tasks register themselves
-WORK_ITEMS: dict[str, tuple[Table, str]] = {"TICKET": (tickets.tickets, "ticket")}
-
-
-def register_work_item(work_item_type: str, table: Table, kind: str) -> None:
-    """Let another module's entities (e.g. ``PROJECT_TASK``) carry time entries."""
-    WORK_ITEMS[work_item_type] = (table, kind)
+# work item type (as the legacy payloads name it) -> (table, kind shown in errors)
+WORK_ITEMS: dict[str, tuple[Table, str]] = {
+    "TICKET": (tickets.tickets, "ticket"),
+    "PROJECT_TASK": (projects.tasks, "project task"),
+}
 
 
 def _user(ctx: Ctx, what: str) -> str:

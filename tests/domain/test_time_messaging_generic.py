@@ -7,7 +7,13 @@ import uuid
 import psycopg
 import pytest
 
-from domain import generic, messaging, tickets, time_entries  # importing registers their tables for create_all
+from domain import (
+    generic,
+    messaging,
+    projects,
+    tickets,
+    time_entries,
+)  # importing registers their tables for create_all
 from domain.base import InvalidInput, InvalidTransition, NotFound, WrongTenant
 
 COVERED = {
@@ -68,6 +74,15 @@ def test_time_entry_lifecycle(act, published):
     assert (got["entry"]["from_state"], got["entry"]["to_state"]) == ("submitted", "approved")
     with pytest.raises(InvalidTransition):
         act(TENANT, time_entries.approve_time_entry, eid, user=MANAGER)
+
+    # time on a project task: no ticket event, the same approval flow
+    project, _ = act(TENANT, projects.create_project, name="Network refresh", user=MANAGER)
+    task, _ = act(TENANT, projects.create_task, project, title="Cable rack 3", user=MANAGER)
+    pid, ev = act(TENANT, time_entries.add_time_entry, "PROJECT_TASK", task, minutes=90, user=TECH)
+    assert ev == []
+    _, ev = act(TENANT, time_entries.submit_time_entry, pid, user=TECH)
+    p = only(published, ev, "TIME_ENTRY_SUBMITTED")["payload"]
+    assert (p["timeEntryId"], p["workItemId"], p["workItemType"], p["minutes"]) == (pid, task, "PROJECT_TASK", 90)
 
 
 def test_message_sent(act, published):
