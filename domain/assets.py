@@ -40,6 +40,10 @@ def _uuid(name: str, value: Any) -> str:
         raise InvalidInput(f"{name} must be a uuid, got {value!r}") from None
 
 
+def _opt_uuid(name: str, value: Any) -> str | None:
+    return None if value is None else _uuid(name, value)
+
+
 def _aware(name: str, value: Any) -> datetime | None:
     if value is not None and (not isinstance(value, datetime) or value.utcoffset() is None):
         raise InvalidInput(f"{name} must be a timezone-aware datetime, got {value!r}")
@@ -67,7 +71,7 @@ def create_asset(
     """Register an asset; emits ASSET_CREATED."""
     if not name.strip():
         raise InvalidInput("name must not be empty")
-    client = client_id and _uuid("client_id", client_id)
+    client = _opt_uuid("client_id", client_id)
     aid = new_id()
     ctx.conn.execute(
         assets.insert().values(id=aid, tenant_id=ctx.tenant_id, name=name, asset_type=asset_type,

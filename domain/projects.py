@@ -129,6 +129,10 @@ def _uuid(name: str, value: Any) -> str:
         raise InvalidInput(f"{name} must be a uuid, got {value!r}") from None
 
 
+def _opt_uuid(name: str, value: Any) -> str | None:
+    return None if value is None else _uuid(name, value)
+
+
 def _day(name: str, value: date | str | None) -> date | None:
     if value is None or (isinstance(value, date) and not isinstance(value, datetime)):
         return value
@@ -235,14 +239,14 @@ def create_project(
     start, end = _day("start_date", start_date), _day("end_date", end_date)
     if start and end and end < start:
         raise InvalidInput("end_date must not be before start_date")
-    manager = manager_id and _uuid("manager_id", manager_id)
+    manager = _opt_uuid("manager_id", manager_id)
     if manager:
         _legacy_user(ctx, "creating a project with a manager")
     pid = new_id()
     ctx.conn.execute(
         projects.insert().values(
             id=pid, tenant_id=ctx.tenant_id, name=name, description=description, status="planned",
-            client_id=client_id and _uuid("client_id", client_id), manager_id=manager, start_date=start,
+            client_id=_opt_uuid("client_id", client_id), manager_id=manager, start_date=start,
             end_date=end, settings=dict(settings or {}),
         )
     )  # fmt: skip

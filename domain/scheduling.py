@@ -141,6 +141,10 @@ def _uuid(name: str, value: Any) -> str:
         raise InvalidInput(f"{name} must be a uuid, got {value!r}") from None
 
 
+def _opt_uuid(name: str, value: Any) -> str | None:
+    return None if value is None else _uuid(name, value)
+
+
 def _zone(tz: str) -> ZoneInfo:
     try:
         return ZoneInfo(tz)
@@ -631,11 +635,10 @@ def submit_appointment_request(
     rid = new_id()
     row = {
         "id": rid, "tenant_id": ctx.tenant_id, "status": "pending",
-        "client_id": client_id and _uuid("client_id", client_id), "contact_id": ctx.contact_id,
+        "client_id": _opt_uuid("client_id", client_id), "contact_id": ctx.contact_id,
         "service_id": _uuid("service_id", service_id), "service_name": service_name, "requested_date": day,
         "requested_time": requested_time, "requested_duration": requested_duration, "timezone": timezone,
-        "preferred_assigned_user_id": preferred_assigned_user_id
-        and _uuid("preferred_assigned_user_id", preferred_assigned_user_id),
+        "preferred_assigned_user_id": _opt_uuid("preferred_assigned_user_id", preferred_assigned_user_id),
         "is_authenticated": bool(ctx.contact_id or ctx.user_id), "requester_name": requester_name,
         "requester_email": requester_email, "requester_phone": requester_phone, "company_name": company_name,
         "ticket_id": _check_ticket(ctx, ticket_id), "description": description, "approved_by_user_id": None,
