@@ -51,7 +51,8 @@ MENTION = re.compile(r"@\[[^\]]*\]\(user:([0-9a-fA-F-]{36})\)")
 _CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
 
 
-def _file(file_name: str, content_type: str, size_bytes: int) -> None:
+def check_file(file_name: str, content_type: str, size_bytes: int) -> None:
+    """``InvalidInput`` unless the name is a plain file name, the type ``type/subtype`` and the size a count."""
     if not file_name.strip() or "/" in file_name:
         raise InvalidInput(f"file_name must be a plain, non-empty file name, got {file_name!r}")
     if not _CONTENT_TYPE.match(content_type):
@@ -97,7 +98,7 @@ def _uploaded(ctx: Ctx, doc: dict[str, Any]) -> None:
 @emits("DOCUMENT_UPLOADED")
 def upload_document(ctx: Ctx, *, file_name: str, content_type: str, size_bytes: int, name: str | None = None) -> str:
     """Store an uploaded file as a document; emits DOCUMENT_UPLOADED."""
-    _file(file_name, content_type, size_bytes)
+    check_file(file_name, content_type, size_bytes)
     did = new_id()
     _uploaded(ctx, {"id": did, "tenant_id": ctx.tenant_id, "name": name or file_name, "file_name": file_name,
                     "content_type": content_type, "size_bytes": size_bytes,
@@ -208,7 +209,7 @@ def generate_document(
         raise InvalidInput(f"source_type must be one of {SOURCE_TYPES}, got {source_type!r}")
     if not str(source_id).strip():
         raise InvalidInput("source_id must not be empty")
-    _file(file_name, content_type, size_bytes)
+    check_file(file_name, content_type, size_bytes)
     did = new_id()
     ctx.conn.execute(
         documents.insert().values(id=did, tenant_id=ctx.tenant_id, name=file_name, file_name=file_name,

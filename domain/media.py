@@ -7,14 +7,14 @@ not an error of the action). A failed file can be processed again while its fail
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, Column, DateTime, Integer, String, Table, Text, Uuid, func
 
-from domain.base import Ctx, InvalidInput, InvalidTransition, emit, emits, fetch, iso, metadata, new_id
+from domain.base import Ctx, InvalidTransition, emit, emits, fetch, iso, metadata, new_id
+from domain.documents import check_file
 
 files = Table(
     "ref_media_files",
@@ -35,7 +35,6 @@ files = Table(
     Column("updated_at", DateTime(timezone=True), server_default=func.now(), nullable=False),
 )
 
-_CONTENT_TYPE = re.compile(r"^[\w.+-]+/[\w.+-]+$")
 Processor = Callable[[Mapping[str, Any]], list[dict[str, Any]]]
 
 
@@ -61,12 +60,7 @@ def default_processor(f: Mapping[str, Any]) -> list[dict[str, Any]]:
 @emits("FILE_UPLOADED")
 def upload_file(ctx: Ctx, *, file_name: str, content_type: str, size_bytes: int) -> str:
     """A file enters the storage pipeline (to be processed); emits FILE_UPLOADED."""
-    if not file_name.strip() or "/" in file_name:
-        raise InvalidInput(f"file_name must be a plain, non-empty file name, got {file_name!r}")
-    if not _CONTENT_TYPE.match(content_type):
-        raise InvalidInput(f"content_type must look like type/subtype, got {content_type!r}")
-    if isinstance(size_bytes, bool) or not isinstance(size_bytes, int) or size_bytes < 0:
-        raise InvalidInput(f"size_bytes must be a non-negative integer, got {size_bytes!r}")
+    check_file(file_name, content_type, size_bytes)
     fid = new_id()
     key = f"tenants/{ctx.tenant_id}/files/{fid}/{file_name}"
     ctx.conn.execute(files.insert().values(id=fid, tenant_id=ctx.tenant_id, file_name=file_name,
