@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ("tickets", "crm", "billing")
+MODULES = ("tickets", "crm", "billing", "scheduling", "projects", "documents", "assets", "media")
 
 for _name in MODULES:
     importlib.import_module(f"domain.{_name}")
