@@ -94,8 +94,7 @@ def define_custom_event(ctx: Ctx, event_name: str, *, description: str | None = 
 
 @emits("CUSTOM_EVENT", "UNKNOWN")
 def emit_custom_event(ctx: Ctx, event_name: str, data: Mapping[str, Any] | None = None) -> str:
-    """Record an occurrence of a custom event with free-form JSON data and return its id; emits CUSTOM_EVENT if the
-    tenant defined the name, else UNKNOWN (data keys must not shadow the envelope keys)."""
+    """Record a custom event with JSON data; emits CUSTOM_EVENT if the tenant defined the name, else UNKNOWN."""
     name = _name(event_name)
     data = dict(data or {})
     if not all(isinstance(k, str) and k for k in data):

@@ -62,8 +62,7 @@ def _acting_user(ctx: Ctx) -> str:
 
 @emits()
 def start_conversation(ctx: Ctx, participants: Mapping[str, str]) -> str:
-    """Open a conversation between the acting user and others ({user id: display name}, the actor included);
-    emits nothing until a message is sent."""
+    """Open a conversation of the acting user and others ({user id: display name}); emits nothing."""
     me = _acting_user(ctx)
     if not isinstance(participants, Mapping):
         raise InvalidInput("participants must map user ids to display names")
@@ -84,8 +83,7 @@ def start_conversation(ctx: Ctx, participants: Mapping[str, str]) -> str:
 
 @emits("MESSAGE_SENT")
 def send_message(ctx: Ctx, conversation_id: str, recipient_id: str, body: str) -> str:
-    """Send a direct message from the acting user to another member of the conversation and return its id;
-    emits the legacy MESSAGE_SENT (UUID tenant; sender and recipient must be members)."""
+    """Send a direct message to another member of the conversation; emits the legacy MESSAGE_SENT."""
     conv = fetch(ctx, conversations, "conversation", conversation_id)
     sender = _acting_user(ctx)
     recipient = _uuid("recipient_id", recipient_id)

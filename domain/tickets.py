@@ -9,8 +9,15 @@ Rules worth knowing:
   reply. Each emits TICKET_MESSAGE_ADDED, its specific v2 type, and the legacy TICKET_COMMENT_ADDED that the
   catalog keeps beside them (``superseded_by``). Legacy bus types need a UUID tenant and a ``userId``: for a
   contact's reply the legacy ``userId`` carries the contact id (``comment.authorType`` says ``client``).
-- Public agent messages set the response state to ``awaiting_client``, customer replies to
-  ``awaiting_internal``; closing clears it.
+- ``add_message`` emits TICKET_MESSAGE_ADDED; then TICKET_INTERNAL_NOTE_ADDED (note) or TICKET_CUSTOMER_REPLIED
+  (contact); then TICKET_COMMENT_ADDED; then TICKET_RESPONSE_STATE_CHANGED when who the ticket waits on flips
+  (public agent reply: ``awaiting_client``, customer reply: ``awaiting_internal``; closing clears it); then, for
+  an agent's first public reply, TICKET_SLA_STAGE_MET (before target) or _BREACHED for the response stage.
+- SLA: a policy's response/resolution stages are entered at create (``sla_policy_id``) or by
+  ``apply_sla_policy``; closing settles every running stage (met or breached); ``check_sla_breaches`` (a
+  scheduler sweep) breaches running stages past their target, with ``overdueBySeconds``.
+- Changes carry ``updatedFields``/``changes`` (dot paths); a side that was or is unset is omitted, since the
+  contracts reject explicit nulls. Re-applying the current value (assignee, board, tags, text) is a no-op.
 - Bundles: merging attaches a ticket (not itself a master, not already bundled) to a master that is not a
   child; splitting detaches children from their master.
 - Time logged on a ticket is recorded by ``domain.time_entries.add_time_entry`` (TICKET_TIME_ENTRY_ADDED).
@@ -305,8 +312,7 @@ def _attributes(current: Mapping[str, Any], given: Any) -> dict[str, Any]:
 
 @emits("TICKET_UPDATED", "TICKET_PRIORITY_CHANGED")
 def update_ticket(ctx: Ctx, ticket_id: str, **fields: Any) -> None:
-    """Change title/priority/attributes (merged; None drops a key); emits TICKET_UPDATED with updatedFields/changes
-    (dot paths, e.g. ``attributes.impact``), and TICKET_PRIORITY_CHANGED when the priority changed."""
+    """Change title/priority/attributes (merged); emits TICKET_UPDATED (+ TICKET_PRIORITY_CHANGED if it changed)."""
     t = _ticket(ctx, ticket_id)
     _update(ctx, t, fields, reason=None)
 
@@ -352,8 +358,7 @@ _STATUS_EVENTS = ("TICKET_STATUS_CHANGED", "TICKET_CLOSED", "TICKET_REOPENED", "
 
 @emits(*_STATUS_EVENTS)
 def change_status(ctx: Ctx, ticket_id: str, new_status: str, *, reason: str | None = None) -> None:
-    """Move a ticket to another status; emits TICKET_STATUS_CHANGED, plus TICKET_CLOSED (with the response state
-    cleared and SLA stages settled) when it closes or TICKET_REOPENED when a closed ticket opens again."""
+    """Move a ticket to another status; emits TICKET_STATUS_CHANGED (+ TICKET_CLOSED / TICKET_REOPENED, see top)."""
     t = _ticket(ctx, ticket_id)
     if new_status not in STATUSES:
         raise InvalidInput(f"unknown status {new_status!r}")
@@ -416,8 +421,7 @@ def _move(ctx: Ctx, t: Mapping[str, Any], new_status: str, reason: str | None) -
 
 @emits("TICKET_DELETED")
 def delete_ticket(ctx: Ctx, ticket_id: str) -> None:
-    """Delete a ticket with its messages, tags, agents and SLA stages; emits the legacy TICKET_DELETED (needs a user
-    and a UUID tenant; a bundle master with children must be split first)."""
+    """Delete a ticket (not a bundle master with children); emits the legacy TICKET_DELETED."""
     t = _ticket(ctx, ticket_id)
     if not ctx.user_id:
         raise InvalidInput("deleting a ticket needs an acting user")
@@ -435,8 +439,7 @@ def delete_ticket(ctx: Ctx, ticket_id: str) -> None:
 
 @emits("TICKET_ASSIGNED")
 def assign_ticket(ctx: Ctx, ticket_id: str, assignee_id: str, *, assignee_type: str = "user") -> None:
-    """Make a user or team the primary assignee; emits TICKET_ASSIGNED with previous/new assignee (no-op if same).
-    A user who was an additional agent becomes the primary one."""
+    """Make a user or team the primary assignee; emits TICKET_ASSIGNED with previous/new (no-op if same)."""
     t = _ticket(ctx, ticket_id)
     if assignee_type not in ASSIGNEE_TYPES:
         raise InvalidInput(f"assignee_type must be one of {ASSIGNEE_TYPES}, got {assignee_type!r}")
@@ -477,8 +480,7 @@ def unassign_ticket(ctx: Ctx, ticket_id: str, *, reason: str | None = None) -> N
 
 @emits("TICKET_ADDITIONAL_AGENT_ASSIGNED")
 def add_additional_agent(ctx: Ctx, ticket_id: str, agent_id: str) -> None:
-    """Add a secondary agent beside the primary user assignee; emits the legacy TICKET_ADDITIONAL_AGENT_ASSIGNED
-    (needs an acting user and a UUID tenant; no-op if already added)."""
+    """Add a secondary agent beside the primary user; emits the legacy TICKET_ADDITIONAL_AGENT_ASSIGNED."""
     t = _ticket(ctx, ticket_id)
     agent = _uuid("agent_id", agent_id)
     if not ctx.user_id:
@@ -599,8 +601,7 @@ def _emit_queue_changed(ctx: Ctx, t: Mapping[str, Any], board: Mapping[str, Any]
 
 @emits("TICKET_ESCALATED", "TICKET_QUEUE_CHANGED")
 def escalate_ticket(ctx: Ctx, ticket_id: str, board_id: str, *, reason: str | None = None) -> None:
-    """Push a ticket to a board of a higher tier; emits TICKET_ESCALATED and TICKET_QUEUE_CHANGED
-    (InvalidTransition unless the target tier is above the current one; no board counts as tier 0)."""
+    """Move a ticket to a board of a higher tier; emits TICKET_ESCALATED and TICKET_QUEUE_CHANGED."""
     t = _ticket(ctx, ticket_id)
     board = fetch(ctx, boards, "board", board_id, for_update=False)
     current_tier = 0
@@ -636,10 +637,7 @@ def add_message(
     channel: str | None = None,
     attachments_count: int = 0,
 ) -> str:
-    """Post a message on a ticket and return its id. By a user: an agent reply (public) or internal note; by a
-    contact: a customer reply. Emits TICKET_MESSAGE_ADDED, then TICKET_INTERNAL_NOTE_ADDED or
-    TICKET_CUSTOMER_REPLIED, the legacy TICKET_COMMENT_ADDED, TICKET_RESPONSE_STATE_CHANGED when who the ticket
-    waits on flips, and TICKET_SLA_STAGE_MET/BREACHED when an agent's first public reply settles the response stage."""
+    """Post a reply or note (user) or a customer reply (contact); emits the message events (see top)."""
     t = _ticket(ctx, ticket_id)
     if not isinstance(content, str) or not content.strip():
         raise InvalidInput("message content must not be empty")
@@ -692,8 +690,7 @@ def add_message(
 
 @emits("TICKET_COMMENT_UPDATED")
 def edit_message(ctx: Ctx, message_id: str, content: str) -> None:
-    """Change the text of one's own ticket message; emits the legacy TICKET_COMMENT_UPDATED with old/new comment
-    (no-op if the text is unchanged)."""
+    """Change the text of one's own message; emits the legacy TICKET_COMMENT_UPDATED with old/new comment."""
     m = fetch(ctx, messages, "ticket message", message_id)
     if not isinstance(content, str) or not content.strip():
         raise InvalidInput("message content must not be empty")
@@ -721,8 +718,7 @@ def _emit_response_state(ctx: Ctx, ticket_id: str, old: str | None, new: str | N
 
 @emits("TICKET_RESPONSE_STATE_CHANGED")
 def set_response_state(ctx: Ctx, ticket_id: str, state: str | None) -> None:
-    """Set who the ticket waits on (awaiting_client / awaiting_internal / None); emits TICKET_RESPONSE_STATE_CHANGED
-    (no-op if unchanged; InvalidTransition to set one on a closed ticket)."""
+    """Set who the ticket waits on (or None); emits TICKET_RESPONSE_STATE_CHANGED (no-op if unchanged)."""
     t = _ticket(ctx, ticket_id)
     if state is not None and state not in RESPONSE_STATES:
         raise InvalidInput(f"response state must be one of {RESPONSE_STATES} or None, got {state!r}")
@@ -784,8 +780,7 @@ def _breach(ctx: Ctx, r: Mapping[str, Any], at: datetime) -> None:
 
 @emits("TICKET_SLA_STAGE_ENTERED")
 def apply_sla_policy(ctx: Ctx, ticket_id: str, policy_id: str) -> None:
-    """Start the stages of an SLA policy on an open ticket; emits TICKET_SLA_STAGE_ENTERED per stage
-    (InvalidTransition if the ticket is closed or already has running stages)."""
+    """Start an SLA policy's stages on an open ticket without running ones; emits TICKET_SLA_STAGE_ENTERED."""
     t = _ticket(ctx, ticket_id)
     policy = fetch(ctx, sla_policies, "SLA policy", policy_id, for_update=False)
     if t["status"] in CLOSED_STATUSES:
@@ -800,8 +795,7 @@ def apply_sla_policy(ctx: Ctx, ticket_id: str, policy_id: str) -> None:
 
 @emits("TICKET_SLA_STAGE_BREACHED")
 def check_sla_breaches(ctx: Ctx, *, at: datetime | None = None) -> list[tuple[str, str]]:
-    """Scheduler sweep: mark this tenant's running SLA stages past their target as breached (as of ``at``, default
-    now); emits TICKET_SLA_STAGE_BREACHED each with overdueBySeconds; returns [(ticket id, stage)]."""
+    """Sweep: breach running stages past target as of ``at``; emits TICKET_SLA_STAGE_BREACHED; returns them."""
     when = _when(at)
     rows = ctx.conn.execute(
         sla_stages.select()

@@ -55,8 +55,7 @@ def add_time_entry(
     billable: bool = True,
     notes: str | None = None,
 ) -> str:
-    """Log the acting user's minutes on a work item as a draft entry and return its id; emits
-    TICKET_TIME_ENTRY_ADDED when the work item is a ticket."""
+    """Log the acting user's minutes on a work item as a draft; emits TICKET_TIME_ENTRY_ADDED for tickets."""
     if work_item_type not in WORK_ITEMS:
         raise InvalidInput(f"work_item_type must be one of {sorted(WORK_ITEMS)}, got {work_item_type!r}")
     table, kind = WORK_ITEMS[work_item_type]
