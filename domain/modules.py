@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ("tickets", "crm", "billing", "scheduling", "projects", "documents", "assets", "media")
+MODULES = (
+    "tickets",
+    "time_entries",
+    "messaging",
+    "generic",
+    "crm",
+    "billing",
+    "scheduling",
+    "projects",
+    "documents",
+    "assets",
+    "media",
+)
 
 for _name in MODULES:
     importlib.import_module(f"domain.{_name}")
