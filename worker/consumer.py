@@ -48,6 +48,9 @@ log = logging.getLogger("worker")
 # integrity violations, program limits (e.g. a jsonb value too large).
 _ENTRY_FAULT_CLASSES = ("22", "23", "54")
 
+# Redis refusals that go away by themselves (failover, loading, memory pressure): retried with backoff.
+_TRANSIENT_REDIS = ("LOADING", "BUSY", "OOM", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "NOREPLICAS")
+
 # Delete idle consumers that own no pending entry, atomically (no entry can be delivered to one between the
 # check and the delete). ARGV: min idle (ms), and a single consumer name to consider ('' = any).
 _GC_CONSUMERS_LUA = """
@@ -234,29 +237,35 @@ class Worker:
         self._stop.wait(random.uniform(cap / 2, cap))
 
     def _with_redis(self, fn: Any) -> Any:
-        """Run ``fn``; on a Redis outage back off and run it again (until stopped)."""
+        """Run ``fn``; on a Redis outage (or a transient refusal) back off and run it again (until stopped)."""
         while True:
             try:
                 value = fn()
             except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if "NOGROUP" in str(exc):
+                    log.warning("consumer group %s is gone (%s); creating it again", self.settings.group, exc)
+                    with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                        self._ensure_group()
+                    continue
+                if not str(exc).startswith(_TRANSIENT_REDIS):
                     raise
-                log.warning("consumer group %s is gone (%s); creating it again", self.settings.group, exc)
-                self._ensure_group()
-                continue
+                self._redis_trouble(exc)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                self.stats.redis_errors += 1
-                self._redis_failures += 1
-                if self._redis_failures == 1:
-                    log.error("redis unavailable, retrying with backoff: %s", exc)
-                if self._stop.is_set():
-                    raise _Stop() from None
-                self._backoff(self._redis_failures)
-                continue
-            if self._redis_failures:
-                log.warning("redis reachable again")
-                self._redis_failures = 0
-            return value
+                self._redis_trouble(exc)
+            else:
+                if self._redis_failures:
+                    log.warning("redis available again")
+                    self._redis_failures = 0
+                return value
+
+    def _redis_trouble(self, exc: redis.RedisError) -> None:
+        self.stats.redis_errors += 1
+        self._redis_failures += 1
+        if self._redis_failures == 1:
+            log.error("redis unavailable, retrying with backoff: %s", exc)
+        if self._stop.is_set():
+            raise _Stop() from None
+        self._backoff(self._redis_failures)
 
     # ---- group and consumers -----------------------------------------------------------------------
 
