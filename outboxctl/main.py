@@ -84,7 +84,14 @@ def migrate(
     except Exception as exc:  # alembic wraps driver errors in many ways
         err.print(f"[red]migration failed:[/] {exc}")
         raise typer.Exit(1) from None
-    err.print("outbox tables are up to date")
+    # The catalog migration fills the system catalog once; later releases change the code registry,
+    # so every migrate also brings the system catalog up to date (idempotent).
+    from catalog.sync import sync_system_catalog  # noqa: PLC0415
+
+    with _connect(settings) as conn:
+        report = sync_system_catalog(conn)
+        conn.commit()
+    err.print(f"outbox tables are up to date; system catalog: {report.inserted} new, {report.updated} updated")
 
 
 @app.command()
