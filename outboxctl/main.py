@@ -15,10 +15,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from outbox import migrate as migrations
-from outboxctl import catalog_cmd, schemas_cmd, simulate_cmd, worker_cmd
 from outbox import ops
 from outbox.errors import ConfigurationError, OutboxError
 from outbox.settings import Settings, load_settings
+from outboxctl import catalog_cmd, schemas_cmd, simulate_cmd, worker_cmd
 
 app = typer.Typer(
     help="Transactional outbox: migrate, run the relay, inspect and replay.",
@@ -86,7 +86,7 @@ def migrate(
         raise typer.Exit(1) from None
     # The catalog migration fills the system catalog once; later releases change the code registry,
     # so every migrate also brings the system catalog up to date (idempotent).
-    from catalog.sync import sync_system_catalog  # noqa: PLC0415
+    from catalog.sync import sync_system_catalog
 
     with _connect(settings) as conn:
         report = sync_system_catalog(conn)
