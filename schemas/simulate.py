@@ -15,6 +15,7 @@ field and reason the validator reports. Each variant is checked against the regi
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import random
 import re
@@ -306,7 +307,7 @@ _CHANGE_KEYS: dict[str, list[str]] = {
     "default": ["status", "name", "description"],
 }
 _MONEY_WORDS = frozenset(
-    {"amount", "total", "balance", "price", "cost", "subtotal", "tax", "fee", "fees", "revenue", "refunded", "due"}
+    {"amount", "total", "balance", "price", "cost", "subtotal", "tax", "fee", "fees", "revenue", "refunded"}
 )
 
 
@@ -323,7 +324,10 @@ def _entity(event_type: str) -> str:
                 "contact", "asset", "appointment", "document", "survey", "email", "integration", "rmm"):  # fmt: skip
         if et.startswith(key):
             return key
-    return et.split("_")[0]
+    aliases = {"inbound": "email", "outbound": "email", "technician": "appointment", "schedule": "appointment",
+               "time": "ticket", "csat": "survey", "recurring": "invoice", "note": "client", "interaction": "client"}  # fmt: skip
+    head = et.split("_")[0]
+    return aliases.get(head, head)
 
 
 # ---- generator ---------------------------------------------------------------------------------------
@@ -356,15 +360,13 @@ class _Gen:
             self.now = start + timedelta(
                 seconds=self.rng.randrange(0, 300 * 86400), milliseconds=self.rng.randrange(1000)
             )
-        self.person = (self.rng.choice(_FIRST), self.rng.choice(_LAST))
         self.company = self.rng.choice(_COMPANIES)
         self.actor_user = self.uuid()
         self.actor_kind = self.rng.choices(["USER", "SYSTEM", "CONTACT"], weights=[7, 2, 1])[0]
         if optional == "all":
             self.actor_kind = "USER"
-        self.change_keys: list[str] = []
         keys = _CHANGE_KEYS.get(self.entity, _CHANGE_KEYS["default"])
-        self.change_keys = self.rng.sample(keys, self.rng.choice([1, 2]))
+        self.change_keys: list[str] = self.rng.sample(keys, self.rng.choice([1, 2]))
         self.counter = self.rng.randrange(10000, 99999)
         self.failing = any(w in self.event_type for w in ("FAIL", "ERROR", "BOUNCE", "DECLINE", "REJECT", "EXPIRED"))
 
@@ -381,11 +383,11 @@ class _Gen:
             return self.now
         if "due" in n and "OVERDUE" in self.event_type:
             return self.now - timedelta(days=self.rng.randint(3, 40))
-        if any(w in n for w in ("end", "until", "expir", "renewal", "due", "deadline")):
-            return self.now + timedelta(days=self.rng.randint(5, 45), hours=self.rng.randint(0, 8))
         if n.endswith("edat") and not n.startswith(("created", "scheduled")):
             # past participle + At (completedAt, rescheduledAt, requestedAt): the moment of this event
             return self.now - timedelta(seconds=self.rng.randint(0, 5), milliseconds=self.rng.randrange(1000))
+        if any(w in n for w in ("end", "until", "expir", "renewal", "due", "deadline")):
+            return self.now + timedelta(days=self.rng.randint(5, 45), hours=self.rng.randint(0, 8))
         if any(w in n for w in ("start", "scheduled", "requested", "next", "arriv", "eta")):
             return self.now + timedelta(days=self.rng.randint(1, 4), hours=self.rng.randint(0, 8))
         if any(w in n for w in ("created", "last", "since", "original")):
@@ -401,8 +403,10 @@ class _Gen:
     def email(self, name: str = "") -> str:
         first, last = self.rng.choice(_FIRST), self.rng.choice(_LAST)
         domain = re.sub(r"[^a-z]", "", self.company.lower().split()[0]) + ".example.com"
-        if any(w in name.lower() for w in ("billing", "support", "noreply")):
-            return f"{'billing' if 'billing' in name.lower() else 'support'}@{domain}"
+        if "billing" in name.lower():
+            return f"{self.rng.choice(['billing', 'accounts', 'ap', 'finance', 'invoices'])}@{domain}"
+        if "support" in name.lower():
+            return f"{self.rng.choice(['support', 'helpdesk', 'it', 'servicedesk'])}@{domain}"
         return f"{first.lower()}.{last.lower()}@{domain}"
 
     def full_name(self) -> str:
@@ -660,7 +664,7 @@ class _Gen:
         if n == "billingfrequency":
             return rng.choice(["monthly", "quarterly", "annually"])
         if n == "website":
-            return f"https://www.{re.sub(r'[^a-z]', '', self.company.lower().split()[0])}.example.com"
+            return f"https://www.{re.sub(r'[^a-z]', '', rng.choice(_COMPANIES).lower().split()[0])}.example.com"
         if n == "city":
             return rng.choice(["Denver", "Austin", "Portland", "Toronto", "Leeds", "Munich"])
         if n == "title" and self.entity == "contact":
@@ -778,7 +782,7 @@ class _Gen:
         self.differ(obj, "previous", "new", lambda: self.change_value(key))
         return obj
 
-    def include(self, name: str, required: bool, props: Mapping[str, Any]) -> bool:
+    def include(self, name: str, required: bool) -> bool:
         if required or self.optional == "all":
             return True
         if self.optional == "none":
@@ -801,7 +805,7 @@ class _Gen:
         required = set(s.get("required", ()))
         out: dict[str, Any] = {}
         for name, ps in props.items():
-            if not self.include(name, name in required, props):
+            if not self.include(name, name in required):
                 continue
             if name == "actorType":
                 out[name] = self.actor_kind
@@ -837,7 +841,12 @@ class _Gen:
             m = re.match(r"^(.*)(start|Start)(At|Date|Time)?$", key)
             end = m and m.group(1) + ("end" if m.group(2) == "start" else "End") + (m.group(3) or "")
             if end and end in out and isinstance(out[key], str) and isinstance(out[end], str):
-                out[end] = self.after(out[key], out[end])
+                # the other side of a previous/new pair must still differ (previousEndAt vs newEndAt)
+                other = re.sub(r"^new", "previous", end) if end.startswith("new") else re.sub(r"^previous", "new", end)
+                for _ in range(10):
+                    out[end] = self.after(out[key], out[end])
+                    if out.get(other) != out[end]:
+                        break
 
     def repair_pairs(self, payload: dict[str, Any], overridden: set[str]) -> None:
         """After overrides: where one side of a previous/new pair was set to the other's value, move the other."""
@@ -887,7 +896,13 @@ class _Gen:
 
 def _schema_of(entry: EventType, registry: Registry) -> dict[str, Any]:
     """JSON Schema of the contract (v2 shape for union types; the legacy model for legacy-only types)."""
-    return registry.json_schema(entry.ref)
+    return _json_schema(registry, entry.ref)
+
+
+@functools.lru_cache(maxsize=1024)
+def _json_schema(registry: Registry, ref: str) -> dict[str, Any]:
+    # read-only below; refs are never re-bound to another model once registered
+    return registry.json_schema(ref)
 
 
 def example(

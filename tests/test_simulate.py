@@ -123,6 +123,26 @@ def test_example_values_look_like_the_platform(event_type):
             assert "None" not in value and "null" not in value, (path, value)
 
 
+@pytest.mark.parametrize("event_type", ALL_TYPES)
+def test_pairs_differ_and_ends_follow_starts_for_many_seeds(event_type):
+    for seed in range(25):
+        for optional in ("some", "all"):
+            p = sim.example(event_type, seed=seed, optional=optional)
+            for k in p:
+                m = re.match(r"^(previous|old)([A-Z].*)$", k)
+                if m and "new" + m.group(2) in p:
+                    assert p[k] != p["new" + m.group(2)], (seed, k)
+                m = re.match(r"^(.*)(start|Start)(At|Date|Time)?$", k)
+                end = m and m.group(1) + ("end" if m.group(2) == "start" else "End") + (m.group(3) or "")
+                if end and end in p:
+                    assert p[end] > p[k], (seed, k, p[k], p[end])
+            for key, change in (p.get("changes") or {}).items():
+                if isinstance(change, dict) and "previous" in change:
+                    assert change["previous"] != change.get("new"), (seed, key)
+            if isinstance(p.get("changes"), dict) and "updatedFields" in p:
+                assert list(p["changes"]) == p["updatedFields"]
+
+
 def test_realistic_values_for_named_fields():
     ticket = sim.example("TICKET_CREATED", seed=3, optional="all")
     assert ticket["actorType"] == "USER"
