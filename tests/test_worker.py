@@ -313,7 +313,7 @@ def test_killed_worker_pending_entries_are_claimed_and_processed_once(ws, rds, s
 
 
 def test_poison_entries_go_to_the_dlq_after_n_deliveries_others_proceed(db_url, redis_url, stream, rds):
-    ws = wsettings(db_url, redis_url, stream, max_deliveries=3, claim_idle=0.3)
+    ws = wsettings(db_url, redis_url, stream, max_deliveries=3, claim_idle=1.0)
     trigger(db_url, "tenant-a", "flow")
     good = [entry("tenant-a", status_payload("tenant-a")) for _ in range(3)]
     not_json = entry("tenant-a", "{not json")
@@ -522,16 +522,49 @@ def test_schema_invalid_payload_is_recorded_and_starts_no_run(ws, rds, stream, d
     assert rds.xlen(f"{stream}:dlq") == 0 and w.stats.invalid == 4
 
 
-def test_schema_resolution_tenant_catalog_first(ws, rds, stream, db_url):
-    """The tenant's catalog entry decides (inline JSON Schema or another ref), else the system catalog's."""
+def test_schema_resolution_tenant_catalog_first_then_system_then_registry(ws, rds, stream, db_url):
+    """The tenant's catalog row decides, else the system catalog's; the code registry only when neither exists."""
+    with psycopg.connect(db_url) as c:
+        # tenant-d validates ticket status changes against the priority-change contract (tenant first)
+        register_tenant_event(c, "tenant-d", STATUS, name="Odd override", ref="payload.TicketPriorityChanged.v1")
+        # TICKET_PRIORITY_CHANGED is in no catalog here: the registry's ref applies
+        c.execute("DELETE FROM system_event_catalog WHERE event_type = 'TICKET_PRIORITY_CHANGED'")
+        c.commit()
+    trigger(db_url, "tenant-d", "d-flow")
+    trigger(db_url, "tenant-a", "a-flow")
+    trigger(db_url, "tenant-a", "a-prio", event_type="TICKET_PRIORITY_CHANGED")
+    prio = {"tenantId": "tenant-a", "occurredAt": "2026-11-25T10:00:00.000Z", "ticketId": str(uuid.uuid4()),
+            "previousPriorityId": "low", "newPriorityId": "high"}  # fmt: skip
+    es = {
+        "d-status": entry("tenant-d", status_payload("tenant-d")),
+        "d-as-prio": entry("tenant-d", {**prio, "tenantId": "tenant-d"}),  # a priority-shaped status event
+        "a-status": entry("tenant-a", status_payload("tenant-a")),
+        "a-prio": entry("tenant-a", prio, event_type="TICKET_PRIORITY_CHANGED"),
+    }
+    xadd_all(rds, stream, list(es.values()))
+    with worker_thread(ws):
+        wait_for(lambda: drained(rds, stream, db_url, 4), what="4 events")
+    rows = {r[0]: r[1:] for r in q(db_url, "SELECT event_id::text, schema_source, schema_ref, error"
+                                           " FROM workflow_runtime_events")}  # fmt: skip
+    k = {name: e["event_id"] for name, e in es.items()}
+    assert rows[k["d-status"]][:2] == ("tenant", "payload.TicketPriorityChanged.v1")
+    assert "newPriorityId" in rows[k["d-status"]][2]
+    assert rows[k["d-as-prio"]] == ("tenant", "payload.TicketPriorityChanged.v1", None)
+    assert rows[k["a-status"]] == ("system", STATUS_REF, None)
+    assert rows[k["a-prio"]] == ("registry", "payload.TicketPriorityChanged.v1", None)
+    assert [(wf, e) for _, wf, e in runs(db_url)] == sorted(
+        [("a-flow", k["a-status"]), ("a-prio", k["a-prio"]), ("d-flow", k["d-as-prio"])]
+    )
+
+
+def test_tenant_inline_json_schema(ws, rds, stream, db_url):
+    """A tenant's custom event type with an inline JSON Schema; a trigger pinned to a registry ref skips it."""
     pytest.importorskip("jsonschema")
     with psycopg.connect(db_url) as c:
         register_tenant_event(c, "tenant-c", "CUSTOM_DEAL_WON", name="Deal won", schema={
             "type": "object", "required": ["dealId", "amount"],
             "properties": {"dealId": {"type": "string"}, "amount": {"type": "number", "minimum": 0}},
         })  # fmt: skip
-        # tenant-d validates ticket status changes against the priority-change contract (tenant first)
-        register_tenant_event(c, "tenant-d", STATUS, name="Odd override", ref="payload.TicketPriorityChanged.v1")
         c.commit()
     trigger(db_url, "tenant-c", "celebrate", event_type="CUSTOM_DEAL_WON", payload_filter={"currency": "EUR"})
     trigger(db_url, "tenant-c", "pinned", event_type="CUSTOM_DEAL_WON", payload_schema_ref="payload.Deal.v1")
@@ -539,21 +572,16 @@ def test_schema_resolution_tenant_catalog_first(ws, rds, stream, db_url):
         "won": entry("tenant-c", {"dealId": "d1", "amount": 10, "currency": "EUR"}, event_type="CUSTOM_DEAL_WON"),
         "neg": entry("tenant-c", {"dealId": "d2", "amount": -1}, event_type="CUSTOM_DEAL_WON"),
         "other-tenant": entry("tenant-a", {"dealId": "d3", "amount": 1}, event_type="CUSTOM_DEAL_WON"),
-        "d-status": entry("tenant-d", status_payload("tenant-d")),
-        "a-status": entry("tenant-a", status_payload("tenant-a")),
     }
     xadd_all(rds, stream, list(es.values()))
     with worker_thread(ws):
-        wait_for(lambda: drained(rds, stream, db_url, 5), what="5 events")
+        wait_for(lambda: drained(rds, stream, db_url, 3), what="3 events")
     rows = {r[0]: r[1:] for r in q(db_url, "SELECT event_id::text, schema_source, schema_ref, error"
                                            " FROM workflow_runtime_events")}  # fmt: skip
     k = {name: e["event_id"] for name, e in es.items()}
     assert rows[k["won"]] == ("tenant", None, None)
     assert rows[k["neg"]][0] == "tenant" and "amount" in rows[k["neg"]][2]
     assert rows[k["other-tenant"]][:2] == (None, None) and "UnknownEventType" in rows[k["other-tenant"]][2]
-    assert rows[k["d-status"]][:2] == ("tenant", "payload.TicketPriorityChanged.v1")
-    assert "newPriorityId" in rows[k["d-status"]][2]
-    assert rows[k["a-status"]] == ("system", STATUS_REF, None)
     assert [(wf, e) for _, wf, e in runs(db_url)] == [("celebrate", k["won"])]
     skips = q(db_url, "SELECT event_id::text, reason FROM workflow_trigger_skips")
     assert [s[0] for s in skips] == [k["won"]] and "payload.Deal.v1" in skips[0][1]
