@@ -368,6 +368,8 @@ class _Gen:
         keys = _CHANGE_KEYS.get(self.entity, _CHANGE_KEYS["default"])
         self.change_keys: list[str] = self.rng.sample(keys, self.rng.choice([1, 2]))
         self.counter = self.rng.randrange(10000, 99999)
+        # changes/updatedFields come together; always on updates, sometimes (initial values) on creations
+        self.with_changes = not entry.event_type.endswith("_CREATED") or self.rng.random() < 0.5
         self.failing = any(w in self.event_type for w in ("FAIL", "ERROR", "BOUNCE", "DECLINE", "REJECT", "EXPIRED"))
 
     # -- primitives --
@@ -383,6 +385,8 @@ class _Gen:
             return self.now
         if "due" in n and "OVERDUE" in self.event_type:
             return self.now - timedelta(days=self.rng.randint(3, 40))
+        if n == "createdat" and self.event_type.endswith("_CREATED"):
+            return self.now - timedelta(milliseconds=self.rng.randrange(1, 2000))
         if n.endswith("edat") and not n.startswith(("created", "scheduled")):
             # past participle + At (completedAt, rescheduledAt, requestedAt): the moment of this event
             return self.now - timedelta(seconds=self.rng.randint(0, 5), milliseconds=self.rng.randrange(1000))
@@ -773,7 +777,10 @@ class _Gen:
     def pair_object(self, vs: dict[str, Any], key: str) -> dict[str, Any]:
         props = vs["properties"]
         obj: dict[str, Any] = {}
+        created = self.event_type.endswith("_CREATED")
         for prop, ps in props.items():
+            if prop == "previous" and created and "previous" not in vs.get("required", ()):
+                continue  # a new record's initial values: nothing before
             if prop in ("previous", "new"):
                 p = self.resolve(ps)
                 obj[prop] = self.change_value(key) if not p or p.get("type") is None else self.value(ps, key, key)
@@ -797,7 +804,7 @@ class _Gen:
         if any(w in n for w in ("error", "failure", "decline", "bounce", "reject")) and not self.failing:
             return False
         if name in ("changes", "updatedFields"):
-            return True
+            return self.with_changes
         return self.rng.random() < 0.6
 
     def obj(self, s: dict[str, Any], path: str, parent: str = "") -> dict[str, Any]:
