@@ -30,6 +30,7 @@ import outbox
 from catalog import register_tenant_event
 from outbox import wire
 from outbox.embedded import RedisServer
+from outbox.errors import ConfigurationError
 from outboxctl.main import app as cli_app
 from tests.conftest import ROOT, relay_thread, stream_entries, wait_for
 from worker import Worker, WorkerSettings, add_trigger, load_worker_settings, set_enabled
@@ -673,3 +674,22 @@ def test_status_json(ws, rds, stream, db_url, tmp_path):
     # human output
     result = CliRunner().invoke(cli_app, ["worker", "status"], env=worker_env(ws))
     assert result.exit_code == 0 and "runs started" in result.stdout
+
+
+def test_configuration_errors_name_the_variable(monkeypatch):
+    for var in ("PGHOST", "PGDATABASE", "PGSERVICE"):
+        monkeypatch.delenv(var, raising=False)
+    result = CliRunner().invoke(cli_app, ["worker", "--redis-url", "redis://127.0.0.1:1/0"], env={})
+    assert result.exit_code == 2 and "OUTBOX_DATABASE_URL" in result.output
+    env = {"OUTBOX_DATABASE_URL": "postgresql://x/y", "OUTBOX_REDIS_URL": "redis://127.0.0.1:1/0",
+           "OUTBOX_WORKER_MAX_DELIVERIES": "0"}  # fmt: skip
+    result = CliRunner().invoke(cli_app, ["worker"], env=env)
+    assert result.exit_code == 2 and "OUTBOX_WORKER_MAX_DELIVERIES" in result.output
+    env["OUTBOX_WORKER_MAX_DELIVERIES"] = "3"
+    result = CliRunner().invoke(cli_app, ["worker", "--start-id", "7"], env=env)
+    assert result.exit_code == 2 and "OUTBOX_WORKER_START_ID" in result.output
+    with pytest.raises(ConfigurationError, match="OUTBOX_REDIS_URL"):
+        load_worker_settings(database_url="postgresql://x/y", redis_url="http://nope")
+    from worker.cli import main as worker_main
+
+    assert worker_main(["--bogus"]) == 2
