@@ -7,9 +7,7 @@ import uuid
 import psycopg
 import pytest
 
-import domain.email  # noqa: F401 - registers the email tables before the engine fixture creates them
-import domain.notifications  # noqa: F401
-from domain import email, notifications, tickets
+from domain import email, notifications, tickets  # importing registers their tables for the engine fixture
 from domain.base import InvalidInput, InvalidTransition, NotFound, WrongTenant
 
 COVERED = {
