@@ -204,6 +204,7 @@ PROVIDERS = {
     "google_calendar": "calendar", "microsoft_calendar": "calendar",
     "hubspot": "crm", "salesforce": "crm",
 }  # fmt: skip
+LEGACY_CATEGORIES = ("rmm", "calendar", "accounting")  # their events include legacy bus types (UUID tenant)
 RMM_SYNC_TYPES = ("full", "incremental", "organizations", "devices", "alerts")
 SYNC_DIRECTIONS = ("to_external", "from_external", "bidirectional")
 DEVICE_STATUSES = ("online", "offline")
@@ -272,7 +273,7 @@ def _integration(ctx: Ctx, integration_id: Any, *, category: str | None = None) 
     i = fetch(ctx, integrations, "integration", integration_id, for_update=False)
     if category is not None and i["category"] != category:
         raise InvalidInput(f"integration {integration_id} is a {i['category']} integration, not {category}")
-    if i["category"] in ("rmm", "calendar", "accounting"):
+    if i["category"] in LEGACY_CATEGORIES:
         _legacy_tenant(ctx)
     return i
 
@@ -304,6 +305,8 @@ def install_integration(ctx: Ctx, provider: str, *, name: str | None = None) -> 
     """Install a provider (one of ``PROVIDERS``) for this tenant, not yet connected; emits nothing."""
     if provider not in PROVIDERS:
         raise InvalidInput(f"unknown provider {provider!r} (one of {', '.join(PROVIDERS)})")
+    if PROVIDERS[provider] in LEGACY_CATEGORIES:
+        _legacy_tenant(ctx)
     iid = new_id()
     ctx.conn.execute(
         integrations.insert().values(id=iid, tenant_id=ctx.tenant_id, provider=provider, category=PROVIDERS[provider],
