@@ -181,7 +181,7 @@ class Registry:
                 return validator.validate_python(payload, strict=None)
             return validator.model_validate(payload)
         except ValidationError as exc:
-            raise PayloadValidationError(event_type, ref or entry.ref, _field_errors(exc)) from None
+            raise self._error(entry, ref, exc, lambda: entry.model.model_validate(payload)) from None
 
     def validate_json(self, event_type: str, payload_json: str | bytes, ref: str | None = None) -> Any:
         """Like ``validate`` for a JSON document (the fast path used by ``record`` and the relay)."""
@@ -191,7 +191,19 @@ class Registry:
                 return validator.validate_json(payload_json)
             return validator.model_validate_json(payload_json)
         except ValidationError as exc:
-            raise PayloadValidationError(event_type, ref or entry.ref, _field_errors(exc)) from None
+            raise self._error(entry, ref, exc, lambda: entry.model.model_validate_json(payload_json)) from None
+
+    @staticmethod
+    def _error(entry: EventType, ref: str | None, exc: ValidationError, current: Any) -> PayloadValidationError:
+        """For a union (current | older shape), report the current contract's errors, not a mix of both."""
+        if entry.legacy_model is not None and (ref is None or ref == entry.ref):
+            try:
+                current()
+            except ValidationError as cur:
+                errors = _field_errors(cur)
+                errors.append(FieldError("", f"(not a valid older {entry.event_type} payload either)"))
+                return PayloadValidationError(entry.event_type, entry.ref, errors)
+        return PayloadValidationError(entry.event_type, ref or entry.ref, _field_errors(exc))
 
 
 def register_all(registry: Registry, entries: Iterable[EventType]) -> None:
