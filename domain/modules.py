@@ -16,6 +16,10 @@ MODULES = (
     "documents",
     "assets",
     "media",
+    "email",
+    "notifications",
+    "surveys",
+    "integrations",
 )
 
 for _name in MODULES:
