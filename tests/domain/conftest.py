@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 from sqlalchemy import create_engine, pool
@@ -15,6 +17,7 @@ import schemas
 from domain.base import Ctx, metadata
 from outbox.settings import Settings, sqlalchemy_url
 from tests.conftest import relay_thread, wait_for
+from worker import Worker, load_worker_settings
 
 
 @pytest.fixture
@@ -29,11 +32,20 @@ def engine(db_url: str) -> Iterator[Engine]:
 
 
 class Stream:
-    """The relay running against this test's stream, and assertions on what reached it."""
+    """The relay and a workflow worker on this test's stream, and assertions on what reached them."""
 
-    def __init__(self, rds: redis.Redis, stream: str) -> None:
+    def __init__(self, rds: redis.Redis, stream: str, db_url: str) -> None:
         self.rds = rds
         self.stream = stream
+        self.db_url = db_url
+
+    def ingested(self, event_id: str) -> tuple[str | None, str | None] | None:
+        """(error, schema_ref) of the worker's ingestion record of an event, or None if not ingested yet."""
+        with psycopg.connect(self.db_url) as c:
+            row = c.execute(
+                "SELECT error, schema_ref FROM workflow_runtime_events WHERE event_id = %s", (event_id,)
+            ).fetchone()
+        return (row[0], row[1]) if row else None
 
     def entries(self) -> list[dict[str, str]]:
         """Every entry so far."""
@@ -50,14 +62,28 @@ class Stream:
         assert entry["event_type"] == event_type
         entry_payload = json.loads(entry["payload_json"])
         schemas.validate_json(event_type, entry["payload_json"])  # raises with the field if invalid
+        # ...and the workflow worker ingested it against its catalog-resolved contract without error
+        error, ref = wait_for(lambda: self.ingested(eid), timeout=timeout, what=f"worker ingesting {eid}")
+        assert error is None, f"worker rejected {event_type} {eid}: {error}"
+        assert ref == schemas.for_event_type(event_type).ref or ref is None or ref.startswith("legacy."), ref
         return {"entry": entry, "payload": entry_payload}
 
 
 @pytest.fixture
-def published(settings: Settings, rds: redis.Redis, stream: str) -> Iterator[Stream]:
-    """A relay publishing this test's outbox to its private stream for the test's duration."""
+def published(settings: Settings, rds: redis.Redis, stream: str, db_url: str) -> Iterator[Stream]:
+    """A relay publishing this test's outbox to its private stream, and a worker ingesting it."""
+    wsettings = load_worker_settings(
+        database_url=db_url, redis_url=settings.redis_url, stream=stream, block_ms=100, log_level="WARNING"
+    )
+    worker = Worker(wsettings)
+    thread = threading.Thread(target=worker.run, daemon=True)
     with relay_thread(settings):
-        yield Stream(rds, stream)
+        thread.start()
+        try:
+            yield Stream(rds, stream, db_url)
+        finally:
+            worker.stop()
+            thread.join(15)
 
 
 @pytest.fixture
