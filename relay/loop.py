@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +48,7 @@ class _Row:
     batch: int
     seq: int
     id: int
-    event_id: uuid.UUID
+    event_id: str
     tenant_id: str
     event_type: str
     schema_ref: str
@@ -117,7 +118,15 @@ class Relay:
         self._instance_id: str | None = None
         self.epoch: int | None = None
         self._recover = True
-        self._mark: _Mark | None = None
+        # Outcomes of published batches not yet written (written with the next claim). Up to two can
+        # wait at once with claim-ahead; a lost one would leave its rows pending and claimable again.
+        self._marks: list[_Mark] = []
+        self._mark_lock = threading.Lock()
+        # Claim-ahead: while one full batch is validated and sent to Redis, the next one is claimed on a
+        # second connection by one worker thread (psycopg releases the GIL while it waits on Postgres).
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-claim")
+        self._ahead_db: psycopg.Connection[Any] | None = None
+        self._prefetch: Future[list[_Row]] | None = None
         self._idle = False
         self._renewed_at = 0.0
         self._pruned_at = 0.0
@@ -155,7 +164,30 @@ class Relay:
             self._shutdown()
         return self.stats
 
+    def _drop_prefetch(self, *, release: bool = False) -> None:
+        """Wait for a claim-ahead in flight. Nothing of its batch was sent: on a clean stop (``release``)
+        the batch is deleted so its rows are simply pending again; otherwise it stays open for recovery."""
+        fut, self._prefetch = self._prefetch, None
+        if fut is None:
+            return
+        rows: list[_Row] = []
+        with contextlib.suppress(Exception):
+            rows = fut.result(timeout=30)
+        if release and rows and self._db is not None:
+            try:
+                self._db.execute(sql.CLOSE_BATCH, (rows[0].batch,))
+                self._db.commit()
+                return
+            except psycopg.Error:
+                pass
+        self._recover = True
+
     def _shutdown(self) -> None:
+        self._drop_prefetch(release=self.epoch is not None)
+        self._pool.shutdown(wait=True)
+        if self._ahead_db is not None:
+            self._ahead_db.close()
+            self._ahead_db = None
         if self.epoch is not None and self._db is not None and not self._db.closed:
             try:
                 self._db.rollback()
@@ -189,9 +221,19 @@ class Relay:
             self._renew(db, idle=self._idle)
         if now - self._pruned_at > self.settings.prune_interval:
             self._prune(db)
-        rows, recovered = self._claim(db)
+        if self._recover:
+            # An interrupted batch must go out before anything claimed after it: positions only grow on
+            # the stream, and the fence would otherwise drop the older batch's unsent rows.
+            self._drop_prefetch()
+        if self._prefetch is not None:
+            fut, self._prefetch = self._prefetch, None
+            rows, recovered = fut.result(), False
+        else:
+            rows, recovered = self._claim(db)
         if rows:
             self._idle = False
+            if not recovered and len(rows) == self.settings.batch_size and not self._stop.is_set():
+                self._prefetch = self._pool.submit(self._claim_ahead, [r.id for r in rows])
             # Rows of an interrupted batch at or below the fence are already on the stream.
             hwm = self._with_broker(lambda p: p.high_water()) if recovered else 0
             self._process(rows, hwm)
@@ -230,11 +272,12 @@ class Relay:
         if self._db_down_since is None:
             self._db_down_since = time.monotonic()
             log.error("database unavailable, retrying with backoff: %s", str(exc).strip().splitlines()[0])
-        for conn in (self._db, self._listen):
+        self._drop_prefetch()
+        for conn in (self._db, self._listen, self._ahead_db):
             if conn is not None:
                 with contextlib.suppress(Exception):
                     conn.close()
-        self._db = self._listen = None
+        self._db = self._listen = self._ahead_db = None
         self._idle = False
         self._recover = True
         self._db_failures += 1
@@ -282,6 +325,7 @@ class Relay:
         self._renewed_at = time.monotonic()
 
     def _lose_lease(self, why: str) -> None:
+        self._drop_prefetch()
         if self.epoch is not None:
             log.warning("relay %s lost the lease (epoch %s): %s; standing by", self.me, self.epoch, why)
         self.epoch = None
@@ -303,10 +347,15 @@ class Relay:
                     cur = db.execute(sql.RECOVER_BATCH, {"batch": batch_id})
                     db.commit()
                 rows = [_Row(*r) for r in cur.fetchall()]
-                self._mark = _Mark(batch_id)  # closes the batch even if no row of it is left pending
+                with self._mark_lock:  # closes the batch even if no row of it is left pending
+                    self._marks.append(_Mark(batch_id))
                 return rows, True
             self._recover = False
-        params = {"limit": self.settings.batch_size, "epoch": self.epoch, "ttl": self.settings.lease_ttl}
+        return self._claim_new(db, []), False
+
+    def _claim_new(self, db: psycopg.Connection[Any], exclude: list[int]) -> list[_Row]:
+        params = {"limit": self.settings.batch_size, "epoch": self.epoch, "ttl": self.settings.lease_ttl,
+                  "exclude": exclude}  # fmt: skip
         with db.pipeline():
             self._write_mark(db)
             cur = db.execute(sql.CLAIM, params)
@@ -315,28 +364,38 @@ class Relay:
         self._db_failures = 0
         if rows:
             self._renewed_at = time.monotonic()
-        return rows, False
+        return rows
+
+    def _claim_ahead(self, in_flight: list[int]) -> list[_Row]:
+        """(Worker thread, own connection.) Claim the batch after the one in flight."""
+        if self._ahead_db is None or self._ahead_db.closed or self._ahead_db.broken:
+            self._ahead_db = psycopg.connect(
+                self.dsn, connect_timeout=5, application_name="outbox-relay", options=self._session_options()
+            )
+        return self._claim_new(self._ahead_db, in_flight)
 
     def _write_mark(self, db: psycopg.Connection[Any]) -> None:
-        mark, self._mark = self._mark, None
-        if mark is None:
-            return
-        if mark.published:
-            db.execute(
-                sql.MARK_PUBLISHED,
-                {"ids": [m[0] for m in mark.published], "sids": [m[1] for m in mark.published],
-                 "seqs": [m[2] for m in mark.published]},
-            )  # fmt: skip
-        if mark.dead:
-            db.execute(sql.MARK_DEAD, {"ids": [m[0] for m in mark.dead], "reasons": [m[1] for m in mark.dead]})
-        if mark.failed:
-            db.execute(sql.MARK_FAILED, {"ids": [m[0] for m in mark.failed], "reasons": [m[1] for m in mark.failed]})
-        db.execute(sql.CLOSE_BATCH, (mark.batch,))
+        with self._mark_lock:
+            marks, self._marks = self._marks, []
+        for mark in marks:
+            if mark.published:
+                db.execute(
+                    sql.MARK_PUBLISHED,
+                    {"ids": [m[0] for m in mark.published], "sids": [m[1] for m in mark.published],
+                     "seqs": [m[2] for m in mark.published]},
+                )  # fmt: skip
+            if mark.dead:
+                db.execute(sql.MARK_DEAD, {"ids": [m[0] for m in mark.dead], "reasons": [m[1] for m in mark.dead]})
+            if mark.failed:
+                db.execute(
+                    sql.MARK_FAILED, {"ids": [m[0] for m in mark.failed], "reasons": [m[1] for m in mark.failed]}
+                )
+            db.execute(sql.CLOSE_BATCH, (mark.batch,))
 
     def _flush_mark(self, db: psycopg.Connection[Any]) -> None:
-        """Write a pending mark on its own. synchronous_commit=off is safe here (and only here): a lost
+        """Write pending marks on their own. synchronous_commit=off is safe here (and only here): a lost
         mark leaves its batch open, and the fence drops its events when the batch is sent again."""
-        if self._mark is None:
+        if not self._marks:
             return
         db.execute("SET LOCAL synchronous_commit = off")
         self._write_mark(db)
@@ -351,7 +410,7 @@ class Relay:
         if size > self.settings.max_payload_bytes:
             raise PayloadTooLarge(r.event_type, size, self.settings.max_payload_bytes)
         return wire.values(
-            event_id=str(r.event_id),
+            event_id=r.event_id,
             event_type=r.event_type,
             tenant=tenant,
             timestamp=r.timestamp,
@@ -414,24 +473,21 @@ class Relay:
             # Whatever is known to be on the stream gets marked, even when interrupted; if the batch is
             # not complete it stays open and is recovered (the fence drops what was already sent).
             if len(mark.published) + dead + failed == len(rows):
-                self._mark = mark
+                with self._mark_lock:
+                    self._marks.append(mark)
             else:
                 self._recover = True
                 if self._db is not None and mark.published:
-                    partial = _Mark(-1, mark.published)
                     with contextlib.suppress(psycopg.Error):
-                        self._mark = partial
-                        self._flush_mark_rows(self._db)
+                        self._mark_rows(self._db, mark)
         self.stats.dead += dead
         self.stats.failed += failed
         metrics.FAILED.inc(failed)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
-    def _flush_mark_rows(self, db: psycopg.Connection[Any]) -> None:
-        """Mark rows of a batch that stays open (interrupted mid-way); the batch itself is not closed."""
-        mark, self._mark = self._mark, None
-        if mark is None:
-            return
+    @staticmethod
+    def _mark_rows(db: psycopg.Connection[Any], mark: _Mark) -> None:
+        """Mark the published rows of a batch that stays open (interrupted mid-way); the batch is not closed."""
         db.rollback()
         db.execute("SET LOCAL synchronous_commit = off")
         if mark.published:
@@ -454,14 +510,14 @@ class Relay:
                 error = exc
             else:
                 n = len(result.ids)
+                skipped = 0
                 for r, sid in zip(good[:n], result.ids, strict=True):
                     mark.published.append((r.id, sid, r.seq))
-                    if sid is None:
-                        self.stats.fence_skipped += 1
-                        metrics.DEDUPED.inc()
-                    else:
-                        self.stats.published += 1
-                        metrics.PUBLISHED.inc()
+                    skipped += sid is None
+                self.stats.fence_skipped += skipped
+                self.stats.published += n - skipped
+                metrics.DEDUPED.inc(skipped)
+                metrics.PUBLISHED.inc(n - skipped)
                 out, good = out[n:], good[n:]
                 error = result.error
                 if error is None:

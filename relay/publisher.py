@@ -67,8 +67,9 @@ class Publisher(Protocol):
 # `maxmemory-policy noeviction` (streams need it anyway). In a cluster the fence key shares the
 # stream's hash slot through a hash tag.
 # ARGV: trim mode ('' | MAXLEN | MINID), trim threshold, field count N, the N field names, then per
-# event its position followed by its N values. Plain arguments (no JSON in Lua): redis-py packs
-# them in C through hiredis, and Redis does no decoding work.
+# event two arguments: its position, and its N values joined by NUL. NUL cannot occur in the values
+# (they come from Postgres text and jsonb, which cannot hold it), and two arguments per event instead
+# of N+1 halve the client's argument-packing cost, which is where a Python relay spends its time.
 _FENCE_LUA = """
 local nf = tonumber(ARGV[3])
 local args
@@ -78,14 +79,24 @@ for j = 1, nf do args[off + 2 * j - 1] = ARGV[3 + j] end
 local hwm = tonumber(redis.call('GET', KEYS[2]) or '0')
 local out = {}
 local k = 0
-local i = 4 + nf
-while i <= #ARGV do
+for i = 4 + nf, #ARGV, 2 do
   k = k + 1
   local seq = tonumber(ARGV[i])
   if seq <= hwm then
     out[k] = 0
   else
-    for j = 1, nf do args[off + 2 * j] = ARGV[i + j] end
+    local blob = ARGV[i + 1]
+    local pos = 1
+    for j = 1, nf do
+      local stop = string.find(blob, '\\0', pos, true)
+      if stop == nil then
+        args[off + 2 * j] = string.sub(blob, pos)
+        pos = #blob + 2
+      else
+        args[off + 2 * j] = string.sub(blob, pos, stop - 1)
+        pos = stop + 1
+      end
+    end
     local id = redis.pcall('XADD', unpack(args))
     if type(id) == 'table' and id.err then
       redis.call('SET', KEYS[2], hwm)
@@ -94,7 +105,6 @@ while i <= #ARGV do
     out[k] = id
     hwm = seq
   end
-  i = i + 1 + nf
 end
 redis.call('SET', KEYS[2], hwm)
 return {out, ''}
@@ -176,7 +186,7 @@ class RedisStreamPublisher:
         args: list[Any] = [mode, threshold, *self._head]
         for o in batch:
             args.append(o.seq)
-            args.extend(o.values)
+            args.append("\0".join(o.values))
         try:
             raw_ids, err = self._script(keys=[self.stream, self.fence], args=args)
         except redis.RedisError as exc:

@@ -38,7 +38,7 @@ WHERE name = 'default' AND epoch = %(epoch)s RETURNING last_seq
 """
 
 _COLUMNS: LiteralString = (
-    "e.id, e.event_id, e.tenant_id, e.event_type, e.schema_ref, e.payload::text, "
+    "e.id, e.event_id::text, e.tenant_id, e.event_type, e.schema_ref, e.payload::text, "
     "to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), "
     "e.execution_id, e.event_name, e.from_state, e.to_state, e.correlation_key, e.attempts"
 )
@@ -50,8 +50,8 @@ _COLUMNS: LiteralString = (
 # the relay row: under READ COMMITTED a concurrent takeover either waits for this claim to commit
 # (and then finds its open batch) or has already bumped the epoch, in which case `bump` matches no
 # row, no batch is written and nothing is returned. With no pending rows nothing is written at all,
-# so idle polling costs no WAL flush. Only called when this relay has no open batch, so every
-# pending row it sees is free.
+# so idle polling costs no WAL flush. The relay's own open batches are excluded by id: at most the one
+# batch being published while the next is claimed ahead (see Relay._claim_ahead).
 #   Plan: Limit -> Index Scan using outbox_events_pending_idx (exact predicate, id order); the
 #   relay row by its primary key.
 CLAIM: LiteralString = (
@@ -60,7 +60,9 @@ WITH picked AS MATERIALIZED (
     SELECT """
     + _COLUMNS
     + """
-    FROM outbox_events e WHERE e.status = 'pending' ORDER BY e.id LIMIT %(limit)s
+    FROM outbox_events e
+    WHERE e.status = 'pending' AND e.id <> ALL(%(exclude)s::bigint[])  -- rows of the batch still in flight
+    ORDER BY e.id LIMIT %(limit)s
 ), n AS (SELECT count(*) AS c, array_agg(id ORDER BY id) AS ids FROM picked),
 bump AS (
     UPDATE outbox_relay r SET last_seq = r.last_seq + n.c,

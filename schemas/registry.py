@@ -57,6 +57,18 @@ class EventType:
         return self._adapter
 
 
+def _pattern_reasons() -> dict[str, str]:
+    from schemas.base import _DECIMAL_RE, UUID_PATTERN
+
+    return {
+        UUID_PATTERN: "must be a UUID (8-4-4-4-12 hex digits)",
+        _DECIMAL_RE.pattern: 'must be a decimal number as a string, like "125.50"',
+    }
+
+
+_PATTERN_REASONS = _pattern_reasons()
+
+
 def _field_errors(exc: ValidationError) -> list[FieldError]:
     out: list[FieldError] = []
     seen: set[tuple[str, str]] = set()
@@ -69,6 +81,8 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
         reason = err["msg"]
         if err["type"] == "missing":
             reason = "required field is missing"
+        elif err["type"] == "string_pattern_mismatch":
+            reason = _PATTERN_REASONS.get(str((err.get("ctx") or {}).get("pattern")), reason)
         elif err["type"] == "extra_forbidden":
             reason = "field is not allowed"
         if (path, reason) not in seen:
