@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=256 * 1024, gt=0, description="Largest accepted payload (bytes)")
     batch_size: int = Field(default=1000, gt=0, le=10_000, description="Rows claimed per relay batch")
     wake: Literal["notify", "poll"] = Field(default="notify", description="notify: LISTEN when idle; poll: never")
-    poll_interval: float = Field(default=0.005, ge=0, description="Seconds between polls while traffic flows")
+    poll_interval: float = Field(default=0.002, ge=0, description="Seconds between polls while traffic flows")
     idle_poll_interval: float = Field(default=0.5, gt=0, description="Fallback poll period while idle (s)")
     idle_after: float = Field(default=0.25, ge=0, description="Quiet time before the relay goes idle (s)")
     lease_ttl: float = Field(default=5.0, gt=0, description="Leader lease; a dead leader is replaced after it")
