@@ -371,14 +371,26 @@ def _proc_ticks() -> float:
 class Meter:
     """CPU used during a measurement: the whole machine, ours, and everyone else's.
 
-    Ours = this process and its descendants (reaped ones through cutime/cstime), the Postgres backends
-    of this run's databases (their command line names the database), the Postgres auxiliary
-    processes and redis-server. ``other_pct`` = user+system time of the machine not charged to us
-    (other people's test runs, kernel threads); ``foreign_top`` names the biggest other processes.
+    Ours = this process and its descendants, the Postgres backends of this run's databases (their
+    command line names the database), the Postgres auxiliary processes and redis-server. A thread
+    samples every process every ``interval`` s, so processes that exit inside the window (workers,
+    their backends) are charged up to their last sample. ``other_pct`` = user+system time of the
+    machine not charged to us (other people's processes, kernel threads); ``foreign_top`` names the
+    biggest other processes.
     """
 
-    def __init__(self, run_id: str) -> None:
+    def __init__(self, run_id: str, interval: float = 0.25) -> None:
+        import threading
+
         self.tag = f"bench_{run_id}"
+        self.interval = interval
+        self._seen: dict[int, tuple[int, float, float, str]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._seen.update(_snapshot())
 
     def _ours(self, snap: dict[int, tuple[int, float, float, str]]) -> set[int]:
         me = os.getpid()
@@ -404,27 +416,30 @@ class Meter:
         self.cpu0 = cpu_times()
         self.k0 = _proc_ticks()
         self.p0 = _snapshot()
+        self._seen = dict(self.p0)
+        self._thread.start()
         return self
 
     def stop(self) -> dict[str, Any]:
-        p1 = _snapshot()
+        self._stop.set()
+        self._thread.join(5)
+        self._seen.update(_snapshot())
         k1 = _proc_ticks()
         cpu1 = cpu_times()
         dt_ = time.monotonic() - self.t0
         pct = dt_ * _CLK * (os.cpu_count() or 1) / 100.0  # ticks per 1 % of the machine
-        ours = self._ours(p1)
-        me = os.getpid()
+        ours = self._ours(self._seen)
         mine = 0.0
         others: dict[str, float] = {}
-        for pid, (_ppid, t, c, cmd) in p1.items():
-            t0, c0 = (self.p0[pid][1], self.p0[pid][2]) if pid in self.p0 else (0.0, 0.0)
+        for pid, (_ppid, t, _c, cmd) in self._seen.items():
+            d = t - (self.p0[pid][1] if pid in self.p0 else 0.0)
+            if d <= 0:
+                continue
             if pid in ours:
-                mine += t - t0
-                if pid == me:
-                    mine += c - c0  # children reaped during the window (workers joined)
-            elif t - t0 > 0:
+                mine += d
+            else:
                 key = cmd[:60]
-                others[key] = others.get(key, 0.0) + t - t0
+                others[key] = others.get(key, 0.0) + d
         other = max(0.0, (k1 - self.k0) - mine)
         worst = sorted(others.items(), key=lambda kv: -kv[1])[:3]
         return {
