@@ -9,7 +9,20 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, String, Table, Text, Uuid, func, or_
 
-from domain.base import Ctx, InvalidInput, InvalidTransition, diff, emit, emits, fetch, iso, metadata, new_id, now
+from domain.base import (
+    Ctx,
+    InvalidInput,
+    InvalidTransition,
+    diff,
+    emit,
+    emits,
+    fetch,
+    iso,
+    metadata,
+    new_id,
+    now,
+    uuid_arg,
+)
 
 assets = Table(
     "ref_assets",
@@ -33,11 +46,7 @@ UPDATABLE = ("name", "asset_type", "serial_number", "client_id", "warranty_end",
 WARRANTY_WINDOW_DAYS = 30
 
 
-def _uuid(name: str, value: Any) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise InvalidInput(f"{name} must be a uuid, got {value!r}") from None
+_uuid = uuid_arg
 
 
 def _opt_uuid(name: str, value: Any) -> str | None:

@@ -87,6 +87,14 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+def uuid_arg(name: str, value: Any) -> str:
+    """``value`` as a canonical UUID string; ``InvalidInput`` naming the argument otherwise."""
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise InvalidInput(f"{name} must be a UUID, got {value!r}") from None
+
+
 def now() -> datetime:
     """Current time, UTC."""
     return datetime.now(UTC)

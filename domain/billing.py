@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import calendar
 import re
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -33,6 +32,7 @@ from domain.base import (
     metadata,
     new_id,
     now,
+    uuid_arg,
 )
 
 Money = Numeric(14, 2, asdecimal=True)
@@ -209,10 +209,7 @@ def _text(value: Any, what: str) -> str:
 
 
 def _uuid(value: Any, what: str) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise InvalidInput(f"{what} must be a UUID, got {value!r}") from None
+    return uuid_arg(what, value)
 
 
 def _today(today: date | str | None) -> date:

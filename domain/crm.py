@@ -7,7 +7,6 @@ Creating or editing a client also emits the legacy COMPANY_CREATED / COMPANY_UPD
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -41,6 +40,7 @@ from domain.base import (
     metadata,
     new_id,
     now,
+    uuid_arg,
 )
 
 clients = Table(
@@ -143,10 +143,7 @@ def taggable(entity_type: str, table: Table) -> None:
 
 
 def _uuid(value: Any, what: str) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise InvalidInput(f"{what} must be a UUID, got {value!r}") from None
+    return uuid_arg(what, value)
 
 
 def _text(value: Any, what: str) -> str:

@@ -60,6 +60,7 @@ from domain.base import (
     metadata,
     new_id,
     now,
+    uuid_arg,
 )
 
 integrations = Table(
@@ -221,11 +222,7 @@ FREE_MAPPING_TYPES = ("user", "service", "tax_code", "payment_term", "organizati
 # ---- helpers -------------------------------------------------------------------------------------
 
 
-def _uuid(name: str, value: Any) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise InvalidInput(f"{name} must be a UUID, got {value!r}") from None
+_uuid = uuid_arg
 
 
 def _text(value: Any, what: str) -> str:

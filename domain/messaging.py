@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from sqlalchemy import Column, DateTime, ForeignKey, String, Table, Text, Uuid, select
 
-from domain.base import Ctx, InvalidInput, emit, emits, fetch, iso, metadata, new_id, now
+from domain.base import Ctx, InvalidInput, emit, emits, fetch, iso, metadata, new_id, now, uuid_arg
 
 PREVIEW_CHARS = 120
 
@@ -47,11 +47,7 @@ direct_messages = Table(
 )
 
 
-def _uuid(name: str, value: object) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise InvalidInput(f"{name} must be a UUID, got {value!r}") from None
+_uuid = uuid_arg
 
 
 def _acting_user(ctx: Ctx) -> str:

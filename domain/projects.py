@@ -43,6 +43,7 @@ from domain.base import (
     iso,
     metadata,
     new_id,
+    uuid_arg,
 )
 
 projects = Table(
@@ -122,11 +123,7 @@ UPDATABLE = ("name", "description", "client_id", "start_date", "end_date", "sett
 # ---- helpers -------------------------------------------------------------------------------------------
 
 
-def _uuid(name: str, value: Any) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise InvalidInput(f"{name} must be a uuid, got {value!r}") from None
+_uuid = uuid_arg
 
 
 def _opt_uuid(name: str, value: Any) -> str | None:

@@ -48,6 +48,7 @@ from domain.base import (
     iso,
     metadata,
     new_id,
+    uuid_arg,
 )
 
 appointments = Table(
@@ -134,11 +135,7 @@ _TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 # ---- argument checks ----------------------------------------------------------------------------------
 
 
-def _uuid(name: str, value: Any) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise InvalidInput(f"{name} must be a uuid, got {value!r}") from None
+_uuid = uuid_arg
 
 
 def _opt_uuid(name: str, value: Any) -> str | None:

@@ -31,7 +31,7 @@ from sqlalchemy import Column, DateTime, Float, Integer, String, Table, Text, Uu
 
 from domain import crm as _crm
 from domain import tickets as _tickets
-from domain.base import Ctx, InvalidInput, InvalidTransition, emit, emits, fetch, iso, metadata, new_id, now
+from domain.base import Ctx, InvalidInput, InvalidTransition, emit, emits, fetch, iso, metadata, new_id, now, uuid_arg
 
 templates = Table(
     "ref_survey_templates",
@@ -127,11 +127,7 @@ class SurveyInvite(NamedTuple):
 # ---- helpers -------------------------------------------------------------------------------------
 
 
-def _uuid(name: str, value: Any) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise InvalidInput(f"{name} must be a UUID, got {value!r}") from None
+_uuid = uuid_arg
 
 
 def _int(name: str, value: Any, *, minimum: int) -> int:

@@ -56,6 +56,7 @@ from domain.base import (
     metadata,
     new_id,
     now,
+    uuid_arg,
 )
 
 boards = Table(
@@ -163,11 +164,7 @@ def _s(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _uuid(name: str, value: Any) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise InvalidInput(f"{name} must be a UUID, got {value!r}") from None
+_uuid = uuid_arg
 
 
 def _uuids(name: str, values: Iterable[Any]) -> list[str]:
