@@ -3,7 +3,7 @@
 
     python bench/run.py [--quick] [--database-url URL --redis-url URL] PART [PART ...]
 
-PART: record-cost | drain | latency | profile | all (= the four, in that order).
+PART: record-cost | record-sql | drain | latency | profile | all (= the five, in that order).
 Servers: the flags, else OUTBOX_DATABASE_URL / OUTBOX_REDIS_URL, else embedded servers
 (outbox.embedded). Every run works in its own databases (bench_<run id>_*) and stream keys
 (bench:<run id>:*) and drops/deletes them at the end. Results: a table on stdout and
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common
 
-PARTS = ("record-cost", "drain", "latency", "profile")
+PARTS = ("record-cost", "record-sql", "drain", "latency", "profile")
 
 
 def _ints(s: str) -> list[int]:
@@ -60,10 +60,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "machine during it (default 10)",
     )
     ap.add_argument("--retries", type=int, default=2, help="repeats of a noisy measurement (default 2)")
-    g = ap.add_argument_group("record-cost")
+    g = ap.add_argument_group("record-cost / record-sql")
     g.add_argument("--clients", type=_ints, help="writer counts, comma-separated (default 1,4,16)")
     g.add_argument("--seconds", type=float, help="seconds per variant and writer count (default 10; quick 2)")
     g.add_argument("--rounds", type=int, help="rounds, median reported (default 3; quick 1)")
+    g.add_argument("--sql-clients", type=_ints, help="record-sql pgbench clients (default 4,16)")
     g.add_argument("--workers", choices=("process", "thread"), default="process", help="writer kind (default process)")
     g = ap.add_argument_group("drain / profile")
     g.add_argument("--rows", type=int, help="backlog rows (default 200000; quick 20000)")
@@ -81,6 +82,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     q = a.quick
     a.clients = a.clients or [1, 4, 16]
+    a.sql_clients = a.sql_clients or [4, 16]
     a.seconds = a.seconds or (2.0 if q else 10.0)
     a.rounds = a.rounds or (1 if q else 3)
     a.rows = a.rows or (20_000 if q else 200_000)
@@ -97,7 +99,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
-    from bench import drain, latency, profile_relay, record_cost
+    from bench import drain, latency, profile_relay, record_cost, record_sql
 
     common.QUIET.update(
         threshold=a.quiet_threshold, max_wait=a.quiet_wait, max_foreign=a.max_foreign, retries=a.retries
@@ -114,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             if part == "record-cost":
                 res = record_cost.run(env, clients=a.clients, seconds=a.seconds, rounds=a.rounds, mode=a.workers)
                 text = record_cost.report(res)
+            elif part == "record-sql":
+                res = record_sql.run(env, clients=a.sql_clients, seconds=a.seconds, rounds=a.rounds)
+                text = record_sql.report(res)
             elif part == "drain":
                 res = drain.run(env, rows=a.rows, rounds=a.drain_rounds, batch_size=a.batch_size)
                 text = drain.report(res)
