@@ -342,7 +342,7 @@ def run(env: common.Env, *, clients: list[int], seconds: float, rounds: int, mod
         c.execute(SETUP_SQL)
     cpu = prepare_cost_us()
     print(
-        f"record-cost: {mode}es, {clients} writers, {seconds:g}s per cell, {rounds} round(s); payload "
+        f"record-cost: writer {mode}s, {clients} writers, {seconds:g}s per cell, {rounds} round(s); payload "
         f"{cpu['payload_bytes']} B; Python CPU per event: record() validation {cpu['record_prepare_us']} µs, "
         f"hand-built plain row {cpu['plain_build_us']} µs",
         flush=True,
@@ -432,7 +432,7 @@ def report(res: dict[str, Any]) -> str:
         headers,
         rows,
         title=f"record-cost: throughput, tx/s (median of {p['rounds']} runs of {p['seconds']:g}s; writers are "
-        f"{p['workers']}es; 'vs tx' = throughput change against the business transaction alone)",
+        f"{p['workers']}s; 'vs tx' = throughput change against the business transaction alone)",
     )
     rows = []
     for v in variants:
