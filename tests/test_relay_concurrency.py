@@ -170,15 +170,18 @@ def test_frozen_leader_is_replaced_and_publishes_nothing_twice_when_it_thaws(db_
         wait_for(lambda: leader_pid(db_url) == a.pid, timeout=20, what="A to lead")
         b = RelayProcess(settings)
         wait_for(b.started, timeout=20, what="B to stand by")
-        writers = [AggregateWriter(db_url, f"w{w}", aggregates=5, events=400, pause=0.004) for w in range(4)]
+        # Writers run for several seconds (well past the 1 s lease), so traffic is still flowing when B leads.
+        writers = [AggregateWriter(db_url, f"w{w}", aggregates=5, events=400, pause=0.012) for w in range(4)]
         for w in writers:
             w.start()
         wait_for(lambda: xlen(rds, stream) > 200, timeout=30, what="traffic on the stream")
         signal_while_in_flight(db_url, a.pid, signal.SIGSTOP)
+        # Counted at the freeze, not at the takeover: B may drain the whole backlog within one poll of
+        # leader_pid. Past this point A can add at most the one batch (25) whose script it had already sent.
+        frozen_at = xlen(rds, stream)
         try:
             wait_for(lambda: leader_pid(db_url) == b.pid, timeout=settings.lease_ttl + 5, what="B to take over")
-            before = xlen(rds, stream)
-            wait_for(lambda: xlen(rds, stream) > before + 50, timeout=10, what="B to publish")
+            wait_for(lambda: xlen(rds, stream) > frozen_at + 50, timeout=15, what="B to publish")
         finally:
             os.kill(a.pid, signal.SIGCONT)
         for w in writers:
