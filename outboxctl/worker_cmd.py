@@ -1,21 +1,28 @@
-"""``outbox worker``: run the workflow worker; ``outbox worker status``: lag, pending, DLQ, runs.
+"""``outbox worker``: run the workflow worker; ``status``: lag, pending, DLQ, runs; ``triggers``: list, add,
+enable, disable, remove a tenant's workflow triggers; ``runs``: list run requests.
 
 Every flag has an environment variable (``OUTBOX_WORKER_*``; URLs, stream and log level share ``OUTBOX_*``).
+Exit codes: 0 done, 1 not found / refused / tables missing, 2 invalid input or configuration, 3 unavailable.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import psycopg
 import redis
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from outbox.errors import ConfigurationError
+from worker import sql
+from worker.errors import InvalidRunStatus, InvalidTrigger, WorkerInputError
 from worker.settings import WorkerSettings, load_worker_settings
 
 app = typer.Typer(
@@ -78,6 +85,10 @@ def run(
     catalog_cache_ttl: Annotated[
         float | None, typer.Option(envvar="OUTBOX_WORKER_CATALOG_CACHE_TTL", help="Schema resolution cache (s)")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(envvar="OUTBOX_WORKER_METRICS_PORT", help="Serve Prometheus metrics on this port (off if unset)"),
+    ] = None,
     log_level: Annotated[str | None, typer.Option(envvar="OUTBOX_LOG_LEVEL", help="Logging level")] = None,
     once: Annotated[bool, typer.Option("--once", help="Process what is there (and claimable), then exit")] = False,
 ) -> None:
@@ -90,7 +101,7 @@ def run(
         database_url=database_url, redis_url=redis_url, stream=stream, group=group, dlq_stream=dlq_stream,
         consumer=consumer, start_id=start_id, batch_size=batch_size, block_ms=block_ms, claim_idle=claim_idle,
         claim_interval=claim_interval, max_deliveries=max_deliveries, catalog_cache_ttl=catalog_cache_ttl,
-        log_level=log_level,
+        metrics_port=metrics_port, log_level=log_level,
     )  # fmt: skip
     try:
         settings.require_database()
@@ -152,6 +163,8 @@ def status(
     t.add_row("events ingested", str(data["events_ingested"]))
     t.add_row("events invalid", str(data["events_invalid"]))
     t.add_row("runs started", str(data["runs_started"]))
+    by = data.get("runs_by_status") or {}
+    t.add_row("runs pending/claimed/done/failed", "/".join(str(by.get(k, 0)) for k in sql.RUN_STATUSES))
     out.print(t)
     if data.get("consumers"):
         ct = Table("consumer", "pending", "idle", title="consumers")
@@ -163,3 +176,183 @@ def status(
         for r in data["tenants"]:
             tt.add_row(r["tenant_id"], str(r["ingested"]), str(r["invalid"]), str(r["runs_started"]))
         out.print(tt)
+
+
+# ---- triggers ---------------------------------------------------------------------------------------------
+
+triggers_app = typer.Typer(
+    help="A tenant's workflow triggers: list, add, enable, disable, remove.", no_args_is_help=True, add_completion=False
+)
+app.add_typer(triggers_app, name="triggers")
+
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout")]
+TriggerId = Annotated[str, typer.Argument(help="Trigger id (from `outbox worker triggers list`)", show_default=False)]
+
+# the CLI spelling of each field a typed error can name
+_FLAGS = {
+    "tenant_id": "--tenant",
+    "event_type": "--event-type",
+    "workflow_name": "--workflow",
+    "payload_filter": "--filter",
+    "payload_schema_ref": "--schema-ref",
+    "status": "--status",
+    "limit": "--limit",
+    "id": "ID",
+}
+
+
+@contextmanager
+def _db(database_url: str | None) -> Iterator[psycopg.Connection[Any]]:
+    """A connection for one command; typed input errors, missing tables and outages become exit codes."""
+    settings = _settings(database_url=database_url)
+    try:
+        dsn = settings.require_database()
+    except ConfigurationError as exc:
+        err.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+    try:
+        conn = psycopg.connect(dsn, connect_timeout=5, application_name="outbox-cli")
+    except psycopg.OperationalError as exc:
+        err.print(f"[red]database unavailable:[/] {escape(str(exc).strip())}")
+        raise typer.Exit(3) from None
+    try:
+        with conn:
+            yield conn
+    except WorkerInputError as exc:
+        flag = _FLAGS.get(exc.field, exc.field)
+        err.print(f"[red]error:[/] {escape(flag)} ({exc.field}): {escape(exc.reason)}")
+        raise typer.Exit(2 if isinstance(exc, InvalidTrigger | InvalidRunStatus) else 1) from None
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+        err.print("[red]the workflow tables are missing or out of date:[/] run `outbox migrate`")
+        raise typer.Exit(1) from None
+
+
+def _dump(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, default=str, indent=2) + "\n")
+
+
+def _compact(value: Any) -> str:
+    return "-" if value is None else json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+@triggers_app.command("list")
+def triggers_list(
+    database_url: DbUrl = None,
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant's triggers")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Triggers (of one tenant, or all), oldest first."""
+    from worker.triggers import list_triggers
+
+    with _db(database_url) as conn:
+        found = list_triggers(conn, tenant)
+    if as_json:
+        _dump([t.to_dict() for t in found])
+        return
+    t = Table(
+        "id", "tenant", "event type", "workflow", "filter", "schema ref", "enabled", title=f"{len(found)} trigger(s)"
+    )
+    for tr in found:
+        t.add_row(str(tr.id), escape(tr.tenant_id), escape(tr.event_type), escape(tr.workflow_name),
+                  escape(_compact(tr.payload_filter)), escape(tr.payload_schema_ref or "-"),
+                  "yes" if tr.enabled else "no")  # fmt: skip
+    out.print(t)
+
+
+@triggers_app.command("add")
+def triggers_add(
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant id", show_default=False)],
+    event_type: Annotated[str, typer.Option("--event-type", help="Event type (resolvable for the tenant)")],
+    workflow: Annotated[str, typer.Option("--workflow", help="Workflow name to request a run of")],
+    filter_: Annotated[
+        str | None,
+        typer.Option("--filter", help='JSON object contained in the payload, e.g. \'{"newStatusId":"closed"}\''),
+    ] = None,
+    schema_ref: Annotated[
+        str | None, typer.Option("--schema-ref", help="Only events resolving to this payload schema ref")
+    ] = None,
+    disabled: Annotated[bool, typer.Option("--disabled", help="Create it disabled")] = False,
+    database_url: DbUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Attach a trigger; prints its id. The event type must resolve for the tenant, the filter be a JSON object."""
+    from worker.triggers import create_trigger
+
+    with _db(database_url) as conn:
+        tr = create_trigger(conn, tenant, event_type, workflow, payload_filter=filter_, payload_schema_ref=schema_ref,
+                            enabled=not disabled)  # fmt: skip
+        conn.commit()
+    if as_json:
+        _dump(tr.to_dict())
+    else:
+        sys.stdout.write(f"{tr.id}\n")
+        err.print(f"trigger {tr.id} added ({'enabled' if tr.enabled else 'disabled'})")
+
+
+def _toggle(trigger_id: str, database_url: str | None, enabled: bool, as_json: bool) -> None:
+    from worker.triggers import disable_trigger, enable_trigger
+
+    with _db(database_url) as conn:
+        tr = (enable_trigger if enabled else disable_trigger)(conn, trigger_id)
+        conn.commit()
+    if as_json:
+        _dump(tr.to_dict())
+    else:
+        out.print(f"trigger {tr.id} {'enabled' if enabled else 'disabled'}")
+
+
+@triggers_app.command("enable")
+def triggers_enable(trigger_id: TriggerId, database_url: DbUrl = None, as_json: AsJson = False) -> None:
+    """Enable a trigger: events ingested from now on can start its workflow."""
+    _toggle(trigger_id, database_url, True, as_json)
+
+
+@triggers_app.command("disable")
+def triggers_disable(trigger_id: TriggerId, database_url: DbUrl = None, as_json: AsJson = False) -> None:
+    """Disable a trigger: events ingested from now on start no run of it."""
+    _toggle(trigger_id, database_url, False, as_json)
+
+
+@triggers_app.command("remove")
+def triggers_remove(trigger_id: TriggerId, database_url: DbUrl = None, as_json: AsJson = False) -> None:
+    """Delete a trigger that has no run requests (and its skip records); one with requests: disable it."""
+    from worker.triggers import remove_trigger
+
+    with _db(database_url) as conn:
+        tr = remove_trigger(conn, trigger_id)
+        conn.commit()
+    if as_json:
+        _dump(tr.to_dict())
+    else:
+        out.print(f"trigger {tr.id} removed")
+
+
+# ---- run requests -----------------------------------------------------------------------------------------
+
+
+@app.command("runs")
+def runs_list(
+    database_url: DbUrl = None,
+    status_: Annotated[str | None, typer.Option("--status", help="pending, claimed, done or failed")] = None,
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant")] = None,
+    workflow: Annotated[str | None, typer.Option("--workflow", help="Only this workflow")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Most requests to list (newest first)")] = 100,
+    as_json: AsJson = False,
+) -> None:
+    """Run requests, newest first, with their claim status (pending, claimed, done, failed)."""
+    from worker.runs import counts_by_status, list_runs
+
+    with _db(database_url) as conn:
+        found = list_runs(conn, status=status_, tenant_id=tenant, workflow=workflow, limit=limit)
+        counts = counts_by_status(conn)
+    if as_json:
+        _dump([r.to_dict() for r in found])
+        return
+    summary = ", ".join(f"{k} {v}" for k, v in counts.items())
+    t = Table("id", "tenant", "workflow", "status", "attempts", "created", "claimed by", "error",
+              title=f"{len(found)} run request(s) shown; all: {summary}")  # fmt: skip
+    for r in found:
+        t.add_row(str(r.id), escape(r.tenant_id), escape(r.workflow_name), r.status, str(r.attempts),
+                  r.created_at.isoformat(timespec="seconds"), escape(r.claimed_by or "-"),
+                  escape((r.error or "")[:80]))  # fmt: skip
+    out.print(t)

@@ -7,6 +7,8 @@ import signal
 import sys
 from types import FrameType
 
+from prometheus_client import REGISTRY
+
 from outbox.errors import ConfigurationError
 from worker.consumer import Worker
 from worker.settings import WorkerSettings, load_worker_settings
@@ -29,7 +31,20 @@ def serve(settings: WorkerSettings, *, once: bool = False) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    worker.run(until_idle=once)
+    server = None
+    if settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        server, _thread = start_http_server(
+            settings.metrics_port, addr=settings.metrics_addr, registry=worker.metrics.registry or REGISTRY
+        )
+        log.info("metrics on %s:%d/metrics", settings.metrics_addr, server.server_port)
+    try:
+        worker.run(until_idle=once)
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
     return 0
 
 

@@ -40,6 +40,7 @@ from outbox import wire
 from schemas.registry import Registry
 from worker import sql
 from worker.ingest import PoisonEntry, Resolution, Resolver, Row, build_row, columns, event_key
+from worker.metrics import WorkerMetrics, default_metrics
 from worker.settings import WorkerSettings, default_consumer_name
 
 log = logging.getLogger("worker")
@@ -148,8 +149,10 @@ class Worker:
         *,
         registry: Registry | None = None,
         client: redis.Redis | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics or default_metrics()
         self.dsn = settings.require_database()
         self.consumer = settings.consumer or default_consumer_name()
         self.registry = registry or schemas.registry
@@ -260,6 +263,7 @@ class Worker:
 
     def _redis_trouble(self, exc: redis.RedisError) -> None:
         self.stats.redis_errors += 1
+        self.metrics.redis_errors.inc()
         self._redis_failures += 1
         if self._redis_failures == 1:
             log.error("redis unavailable, retrying with backoff: %s", exc)
@@ -338,6 +342,7 @@ class Worker:
         if not live:
             return False
         self.stats.claimed += len(live)
+        self.metrics.claimed.inc(len(live))
         items = self._with_deliveries(live)
         log.info("claimed %d entr(ies) idle > %.1fs", len(items), s.claim_idle)
         self._handle_claimed(items)
@@ -409,7 +414,11 @@ class Worker:
                 self._on_db_error(exc)
 
     def _handle(self, items: list[_Item]) -> None:
-        """Ingest a batch: commit, then XACK; failed entries stay pending or go to the DLQ."""
+        """Ingest a batch: commit, then XACK; failed entries stay pending or go to the DLQ (timed)."""
+        with self.metrics.batch_seconds.time():
+            self._handle_batch(items)
+
+    def _handle_batch(self, items: list[_Item]) -> None:
         self.stats.batches += 1
         ack: list[str] = []
         ready: list[_Item] = []
@@ -428,6 +437,7 @@ class Worker:
             if it.key in seen:  # the same event twice in one batch: the first one decides
                 ack.append(it.stream_id)
                 self.stats.duplicates += 1
+                self.metrics.duplicates.inc()
                 continue
             seen.add(it.key)
             ready.append(it)
@@ -440,6 +450,7 @@ class Worker:
             self._r().xack(s.stream, s.group, *ack)
         for it, reason in failed:
             self.stats.failed_deliveries += 1
+            self.metrics.failed_deliveries.inc()
             if it.deliveries >= s.max_deliveries:
                 self._dead_letter(it, reason)
             else:
@@ -467,6 +478,7 @@ class Worker:
         pipe.xack(s.stream, s.group, it.stream_id)
         pipe.execute()
         self.stats.dead_lettered += 1
+        self.metrics.dead_lettered.inc()
         self.stats.dead_letter_reasons.append(reason)
         log.error("dead-lettered entry %s after %d deliveries: %s", it.stream_id, it.deliveries, reason)
 
@@ -490,6 +502,7 @@ class Worker:
 
     def _on_db_error(self, exc: psycopg.Error) -> None:
         self.stats.db_errors += 1
+        self.metrics.db_errors.inc()
         self._db_failures += 1
         if self._db_failures == 1:
             log.error("database error, retrying the batch in hand with backoff: %s", _first_line(exc))
@@ -556,7 +569,7 @@ class Worker:
         cur = db.execute(sql.INGEST, columns(rows))
         counts = cur.fetchone()
         assert counts is not None
-        new, runs, skips = int(counts[0]), int(counts[1]), int(counts[2])
+        new, runs, skips, new_invalid = (int(c) for c in counts)
         self._test_pause("before_commit", len(rows))
         db.commit()
         self._test_pause("after_commit", len(rows))
@@ -566,6 +579,12 @@ class Worker:
         self.stats.invalid += invalid  # counted per delivery; a duplicate invalid entry counts again
         self.stats.runs_requested += runs
         self.stats.triggers_skipped += skips
+        m = self.metrics
+        m.ingested.inc(new)
+        m.duplicates.inc(len(rows) - new)
+        m.schema_failures.inc(new_invalid)
+        m.run_requests.inc(runs)
+        m.trigger_skips.inc(skips)
         if invalid:
             for r in rows:
                 if r.error is not None:

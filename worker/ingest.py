@@ -102,13 +102,18 @@ class Resolver:
         return res
 
     def _lookup(self, conn: Any, tenant_id: str, event_type: str) -> Resolution:
-        try:
-            found = resolve_schema(conn, tenant_id, event_type)
-        except EventTypeNotInCatalog:
-            if self.registry.has_event_type(event_type):
-                return Resolution(self.registry.event_type(event_type).ref, "registry")
-            return Resolution(None, None)
-        return Resolution(found.ref, found.source, found.schema)
+        return resolve_contract(conn, self.registry, tenant_id, event_type)
+
+
+def resolve_contract(conn: Any, registry: Registry, tenant_id: str, event_type: str) -> Resolution:
+    """The contract the worker applies to a tenant's event type (no cache); ``source`` None when there is none."""
+    try:
+        found = resolve_schema(conn, tenant_id, event_type)
+    except EventTypeNotInCatalog:
+        if registry.has_event_type(event_type):
+            return Resolution(registry.event_type(event_type).ref, "registry")
+        return Resolution(None, None)
+    return Resolution(found.ref, found.source, found.schema)
 
 
 def _text(v: str) -> str | None:

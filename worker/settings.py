@@ -58,6 +58,10 @@ class WorkerSettings(BaseSettings):
     consumer_gc_idle: float = Field(
         default=86_400.0, ge=0, description="At start, delete consumers idle this long with nothing pending (s); 0=off"
     )
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="Serve Prometheus metrics on this port (off if unset; 0 = any free)"
+    )
+    metrics_addr: str = Field(default="0.0.0.0", min_length=1, description="Address of the metrics endpoint")
     # Test hook, never set in production: "before_commit:SECONDS" or "after_commit:SECONDS" makes the worker
     # sleep at that point of every batch (so a test can SIGKILL it with entries in hand).
     test_pause: str | None = Field(default=None, description="(tests only) before_commit:S or after_commit:S")

@@ -88,6 +88,7 @@ DROP TABLE IF EXISTS workflow_runtime_events;
 #           so a redelivered or duplicated entry requests no run and writes nothing;
 #   runs  - a run request per ok pair of a new event;
 #   skips - the other pairs of new events, with the reason.
+# It returns (new events, run requests, skips, new events recorded invalid).
 # (Sub-statements of one WITH cannot see each other's rows, hence runs_requested is counted from cand.)
 # Rows are inserted in key order so that workers holding overlapping entries cannot deadlock each other.
 INGEST = """
@@ -123,7 +124,7 @@ ins AS (
     FROM input i
     ORDER BY i.event_id
     ON CONFLICT (event_id) DO NOTHING
-    RETURNING e.event_id
+    RETURNING e.event_id, e.error IS NOT NULL AS invalid
 ),
 runs AS (
     INSERT INTO workflow_run_requests (trigger_id, event_id, tenant_id, workflow_name, payload)
@@ -145,7 +146,8 @@ skips AS (
     ON CONFLICT (trigger_id, event_id) DO NOTHING
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM runs), (SELECT count(*) FROM skips)
+SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM runs), (SELECT count(*) FROM skips),
+       (SELECT count(*) FROM ins WHERE invalid)
 """
 
 # Event ids (of a list) already ingested: used before dead-lettering an entry nobody acknowledged.
@@ -160,3 +162,122 @@ SELECT tenant_id, count(*) AS ingested, count(*) FILTER (WHERE error IS NOT NULL
        max(processed_at) AS last_processed_at
 FROM workflow_runtime_events GROUP BY tenant_id ORDER BY tenant_id
 """
+
+# ---- triggers (worker/triggers.py) ---------------------------------------------------------------------
+
+TRIGGER_COLUMNS = "id, tenant_id, event_type, payload_filter, workflow_name, payload_schema_ref, enabled, created_at"
+
+TRIGGER_INSERT = f"""
+INSERT INTO workflow_triggers (tenant_id, event_type, payload_filter, workflow_name, payload_schema_ref, enabled)
+VALUES (%(tenant_id)s, %(event_type)s, %(payload_filter)s, %(workflow_name)s, %(payload_schema_ref)s, %(enabled)s)
+RETURNING {TRIGGER_COLUMNS}
+"""
+
+TRIGGER_GET = f"SELECT {TRIGGER_COLUMNS} FROM workflow_triggers WHERE id = %(id)s"
+
+TRIGGER_LIST = f"""
+SELECT {TRIGGER_COLUMNS} FROM workflow_triggers
+WHERE (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s::text)
+ORDER BY created_at, id
+"""
+
+TRIGGER_SET_ENABLED = f"""
+UPDATE workflow_triggers SET enabled = %(enabled)s WHERE id = %(id)s RETURNING {TRIGGER_COLUMNS}
+"""
+
+# Removing a trigger: lock its row first (FOR UPDATE conflicts with the FOR KEY SHARE that a run request's
+# foreign-key check takes), so no request can be committed for it between the count and the delete.
+TRIGGER_LOCK = f"SELECT {TRIGGER_COLUMNS} FROM workflow_triggers WHERE id = %(id)s FOR UPDATE"
+TRIGGER_REQUESTS = "SELECT count(*) FROM workflow_run_requests WHERE trigger_id = %(id)s"
+TRIGGER_DELETE_SKIPS = "DELETE FROM workflow_trigger_skips WHERE trigger_id = %(id)s"
+TRIGGER_DELETE = "DELETE FROM workflow_triggers WHERE id = %(id)s"
+
+# ---- run requests the workflow engine claims (migration outbox_0004, worker/runs.py) --------------------
+
+RUN_STATUSES = ("pending", "claimed", "done", "failed")
+
+# Adding columns with constant defaults rewrites nothing (PostgreSQL 11+). The CHECK is added NOT VALID and
+# validated separately, which scans the table without blocking writers. The partial indexes hold only the
+# rows the claim path looks at, so they stay small however many requests are done.
+RUN_CLAIMS_UPGRADE = """
+ALTER TABLE workflow_run_requests
+    ADD COLUMN status       text        NOT NULL DEFAULT 'pending',
+    ADD COLUMN claimed_at   timestamptz,
+    ADD COLUMN claimed_by   text,
+    ADD COLUMN attempts     integer     NOT NULL DEFAULT 0,
+    ADD COLUMN finished_at  timestamptz,
+    ADD COLUMN error        text;
+ALTER TABLE workflow_run_requests ADD CONSTRAINT workflow_run_requests_status_chk
+    CHECK (status IN ('pending', 'claimed', 'done', 'failed')) NOT VALID;
+ALTER TABLE workflow_run_requests VALIDATE CONSTRAINT workflow_run_requests_status_chk;
+-- the claim path: oldest pending first
+CREATE INDEX workflow_run_requests_claim_idx ON workflow_run_requests (created_at, id) WHERE status = 'pending';
+-- requests claimed by an engine that died: requeue_stale finds them by claimed_at
+CREATE INDEX workflow_run_requests_claimed_idx ON workflow_run_requests (claimed_at) WHERE status = 'claimed';
+"""
+
+RUN_CLAIMS_DOWNGRADE = """
+DROP INDEX IF EXISTS workflow_run_requests_claimed_idx;
+DROP INDEX IF EXISTS workflow_run_requests_claim_idx;
+ALTER TABLE workflow_run_requests
+    DROP CONSTRAINT IF EXISTS workflow_run_requests_status_chk,
+    DROP COLUMN IF EXISTS error,
+    DROP COLUMN IF EXISTS finished_at,
+    DROP COLUMN IF EXISTS attempts,
+    DROP COLUMN IF EXISTS claimed_by,
+    DROP COLUMN IF EXISTS claimed_at,
+    DROP COLUMN IF EXISTS status;
+"""
+
+RUN_COLUMNS = (
+    "id, trigger_id, event_id, tenant_id, workflow_name, payload, status, attempts, created_at, claimed_at,"
+    " claimed_by, finished_at, error"
+)
+
+# Oldest pending requests first; rows another claimer holds locked are skipped, not waited for, so
+# concurrent claimers never get the same request and never block each other.
+RUN_CLAIM = f"""
+WITH next AS (
+    SELECT id FROM workflow_run_requests
+    WHERE status = 'pending'
+      AND (%(workflows)s::text[] IS NULL OR workflow_name = ANY(%(workflows)s::text[]))
+      AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s::text)
+    ORDER BY created_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE workflow_run_requests r
+SET status = 'claimed', claimed_at = clock_timestamp(), claimed_by = %(claimer)s, attempts = r.attempts + 1,
+    finished_at = NULL, error = NULL
+FROM next
+WHERE r.id = next.id
+RETURNING {", ".join("r." + c.strip() for c in RUN_COLUMNS.split(","))}
+"""
+
+# complete / fail: only a claimed request (by the given claimer, when one is given) changes.
+RUN_FINISH = f"""
+UPDATE workflow_run_requests
+SET status = %(status)s, finished_at = clock_timestamp(), error = %(error)s
+WHERE id = %(id)s AND status = 'claimed' AND (%(claimer)s::text IS NULL OR claimed_by = %(claimer)s::text)
+RETURNING {RUN_COLUMNS}
+"""
+
+RUN_GET = f"SELECT {RUN_COLUMNS} FROM workflow_run_requests WHERE id = %(id)s"
+
+RUN_REQUEUE_STALE = """
+UPDATE workflow_run_requests
+SET status = 'pending', claimed_at = NULL, claimed_by = NULL
+WHERE status = 'claimed' AND claimed_at < clock_timestamp() - make_interval(secs => %(older_than)s::float8)
+RETURNING id
+"""
+
+RUN_LIST = f"""
+SELECT {RUN_COLUMNS} FROM workflow_run_requests
+WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
+  AND (%(tenant_id)s::text IS NULL OR tenant_id = %(tenant_id)s::text)
+  AND (%(workflow)s::text IS NULL OR workflow_name = %(workflow)s::text)
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s
+"""
+
+STATUS_RUNS_BY_STATUS = "SELECT status, count(*) FROM workflow_run_requests GROUP BY status"

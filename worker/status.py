@@ -8,6 +8,7 @@ import psycopg
 import redis
 
 from worker import sql
+from worker.runs import counts_by_status
 from worker.settings import WorkerSettings
 
 LAG_COUNT_CAP = 1_000_000
@@ -76,7 +77,7 @@ def stream_status(r: redis.Redis, settings: WorkerSettings) -> dict[str, Any]:
 
 
 def db_status(conn: psycopg.Connection[Any]) -> dict[str, Any]:
-    """The Postgres side: events ingested (and invalid) and run requests, in total and per tenant."""
+    """The Postgres side: events ingested (and invalid), run requests in total, per tenant and per status."""
     events = conn.execute(sql.STATUS_EVENTS).fetchall()
     runs = dict(conn.execute(sql.STATUS_RUNS).fetchall())
     tenants = sorted({str(e[0]) for e in events} | set(runs))
@@ -95,6 +96,7 @@ def db_status(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         "events_ingested": sum(p["ingested"] for p in per_tenant),
         "events_invalid": sum(p["invalid"] for p in per_tenant),
         "runs_started": sum(p["runs_started"] for p in per_tenant),
+        "runs_by_status": counts_by_status(conn),
         "tenants": per_tenant,
     }
 
