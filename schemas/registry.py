@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
@@ -48,7 +48,11 @@ class EventType:
     _adapter: TypeAdapter[Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        target: Any = self.model if self.legacy_model is None else (self.model | self.legacy_model)
+        target: Any = self.model
+        if self.legacy_model is not None:
+            # left_to_right: a payload valid for the current contract is accepted without also being
+            # validated against the older shape (pydantic's "smart" mode validates every member).
+            target = Annotated[self.model | self.legacy_model, Field(union_mode="left_to_right")]
         object.__setattr__(self, "_adapter", TypeAdapter(target))
 
     @property
@@ -58,15 +62,21 @@ class EventType:
 
 
 def _pattern_reasons() -> dict[str, str]:
-    from schemas.base import _DECIMAL_RE, UUID_PATTERN
+    from schemas.base import _DECIMAL_RE, EMAIL_PATTERN, UTC_PATTERN, UUID_PATTERN
 
     return {
         UUID_PATTERN: "must be a UUID (8-4-4-4-12 hex digits)",
+        UTC_PATTERN: "must be an ISO-8601 UTC timestamp of a real date and time, like 2026-01-31T12:00:00Z"
+        " (ending in 'Z')",
+        EMAIL_PATTERN: "must be an e-mail address",
         _DECIMAL_RE.pattern: 'must be a decimal number as a string, like "125.50"',
     }
 
 
 _PATTERN_REASONS = _pattern_reasons()
+# Errors that are about something other than the input's type (a null input to any other error means
+# the key was present with null where the contract declares a type: see ``schemas.base.Opt``).
+_NOT_TYPE_ERRORS = frozenset({"value_error", "assertion_error", "custom_error"})
 
 
 def _field_errors(exc: ValidationError) -> list[FieldError]:
@@ -81,6 +91,8 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
         reason = err["msg"]
         if err["type"] == "missing":
             reason = "required field is missing"
+        elif err.get("input", ...) is None and err["type"] not in _NOT_TYPE_ERRORS:
+            reason = "must not be null (omit an optional key instead)"
         elif err["type"] == "string_pattern_mismatch":
             reason = _PATTERN_REASONS.get(str((err.get("ctx") or {}).get("pattern")), reason)
         elif err["type"] == "extra_forbidden":
@@ -93,14 +105,6 @@ def _field_errors(exc: ValidationError) -> list[FieldError]:
 
 class _ContractJsonSchema(GenerateJsonSchema):
     """JSON Schema as the contract reads: optional-but-not-null keys show their plain type, no null default."""
-
-    def function_after_schema(self, schema: core_schema.AfterValidatorFunctionSchema) -> JsonSchemaValue:
-        from schemas.base import NOT_NULL
-
-        inner = schema["schema"]
-        if schema["function"].get("function") is NOT_NULL and inner["type"] == "nullable":
-            return self.generate_inner(inner["schema"])
-        return super().function_after_schema(schema)
 
     def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
         if schema.get("default", ...) is None:

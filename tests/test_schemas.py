@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 
 import schemas
 from outbox.errors import PayloadValidationError, UnknownEventType
+from schemas.base import UTC_PATTERN
 from schemas.registry import payload_ref
 from tests.conftest import ROOT
 
@@ -91,6 +95,62 @@ def test_unknown_event_type_and_field_errors_name_the_field():
                                                    "ticketId": "6f1c1c52-3d5e-4bde-9b0e-0d1a9d1f2a11",
                                                    "previousStatusId": "a", "newStatusId": "b"})  # fmt: skip
     assert exc.value.field == "occurredAt"
+
+
+def _status_changed(**extra: object) -> dict[str, object]:
+    return {"tenantId": "t", "occurredAt": "2026-01-01T00:00:00Z", "ticketId": "6f1c1c52-3d5e-4bde-9b0e-0d1a9d1f2a11",
+            "previousStatusId": "a", "newStatusId": "b", **extra}  # fmt: skip
+
+
+def _utc_reference(value: str) -> bool:
+    """What the UTC pattern must agree with: ends in Z and datetime.fromisoformat accepts the date and time."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z", value):
+        return False
+    try:
+        datetime.fromisoformat(value[:-1][:26] + "+00:00")
+    except ValueError:
+        return False
+    return True
+
+
+UTC_CASES = [
+    "2026-01-31T12:00:00Z", "2026-01-31T12:00:00.5Z", "2026-01-31T12:00:00.123456789Z", "2026-12-31T23:59:59Z",
+    "2024-02-29T00:00:00Z", "2000-02-29T00:00:00Z", "1600-02-29T00:00:00Z", "0004-02-29T00:00:00Z",
+    "2023-02-29T00:00:00Z", "1900-02-29T00:00:00Z", "2100-02-29T00:00:00Z", "2026-02-28T00:00:00Z",
+    "2026-04-31T00:00:00Z", "2026-04-30T00:00:00Z", "2026-13-01T00:00:00Z", "2026-00-10T00:00:00Z",
+    "2026-01-00T00:00:00Z", "2026-01-32T00:00:00Z", "2026-01-01T24:00:00Z", "2026-01-01T23:60:00Z",
+    "2026-01-01T23:59:60Z", "0000-01-01T00:00:00Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z",
+    "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00", "2026-01-01 00:00:00Z", "2026-01-01T00:00:00.Z",
+    "2026-01-01T00:00:00.1234567890Z", "2026-1-01T00:00:00Z", "2026-01-01T00:00:00z",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("value", UTC_CASES)
+def test_utc_timestamps_are_checked_for_a_real_date_and_a_z(value):
+    """The pattern-only check (no Python callback) accepts exactly what a parse would."""
+    if _utc_reference(value):
+        assert schemas.validate("TICKET_STATUS_CHANGED", _status_changed(occurredAt=value))
+    else:
+        with pytest.raises(PayloadValidationError) as exc:
+            schemas.validate("TICKET_STATUS_CHANGED", _status_changed(occurredAt=value))
+        assert exc.value.field == "occurredAt" and "real date and time" in exc.value.reason
+
+
+def test_utc_pattern_agrees_with_a_parse_on_random_timestamps():
+    rng = random.Random(20261130)
+    pattern = re.compile(UTC_PATTERN)
+    for _ in range(50_000):
+        y = rng.choice([rng.randint(0, 9999), rng.choice([0, 4, 100, 400, 1900, 2000, 2023, 2024, 2100])])
+        v = (f"{y:04d}-{rng.randint(0, 13):02d}-{rng.randint(0, 32):02d}T{rng.randint(0, 25):02d}:"
+             f"{rng.randint(0, 61):02d}:{rng.randint(0, 61):02d}{rng.choice(['', '.5', '.1234567'])}Z")  # fmt: skip
+        assert bool(pattern.match(v)) == _utc_reference(v), v
+
+
+def test_explicit_null_in_an_optional_key_is_refused_and_absence_is_fine():
+    assert schemas.validate("TICKET_STATUS_CHANGED", _status_changed())
+    with pytest.raises(PayloadValidationError) as exc:
+        schemas.validate("TICKET_STATUS_CHANGED", _status_changed(actorUserId=None))
+    assert exc.value.field == "actorUserId" and "must not be null" in exc.value.reason
 
 
 def test_generated_modules_are_fresh():
