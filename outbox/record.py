@@ -101,6 +101,10 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"{type(o).__name__} is not JSON serializable")
 
 
+# Built once: json.dumps with any non-default option constructs a new encoder on every call.
+_ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _is_bad(value: Any) -> bool:
     if isinstance(value, datetime):
         off = value.utcoffset()
@@ -231,7 +235,7 @@ def prepare(
     _fill_actor(event_type, data, actor)
 
     try:
-        text = json.dumps(data, default=_json_default, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(data)
     except _NonUtc:
         path = _find(data, _is_bad) or ""
         raise NonUtcTimestamp(
