@@ -3,25 +3,74 @@ event against its tenant-resolved contract, records it in ``workflow_runtime_eve
 run for every matching tenant trigger -- all in one Postgres transaction per batch, acknowledged after commit.
 
 ``outbox worker`` / ``python -m worker`` run it; ``outbox worker status`` reports lag, pending entries, the
-dead-letter stream and runs requested.
+dead-letter stream and runs requested; ``outbox worker triggers ...`` manages triggers (``worker.triggers``);
+``outbox worker runs`` lists run requests, which a workflow engine claims with ``worker.runs.claim``.
 """
 
 from __future__ import annotations
 
 from worker.consumer import Worker, WorkerStats
+from worker.errors import (
+    InvalidRunStatus,
+    InvalidTrigger,
+    InvalidTriggerFilter,
+    RunRequestNotClaimed,
+    RunRequestNotFound,
+    TriggerInUse,
+    TriggerNotFound,
+    UnknownTriggerEventType,
+    WorkerInputError,
+)
+from worker.metrics import WorkerMetrics
+from worker.runs import RunRequest, claim, complete, fail, list_runs, requeue_stale
 from worker.settings import DEFAULT_GROUP, WorkerSettings, load_worker_settings
 from worker.status import status
-from worker.triggers import Trigger, add_trigger, list_triggers, set_enabled
+from worker.triggers import (
+    Trigger,
+    add_trigger,
+    check_filter,
+    create_trigger,
+    disable_trigger,
+    enable_trigger,
+    get_trigger,
+    list_triggers,
+    parse_filter,
+    remove_trigger,
+    set_enabled,
+)
 
 __all__ = [
     "DEFAULT_GROUP",
+    "InvalidRunStatus",
+    "InvalidTrigger",
+    "InvalidTriggerFilter",
+    "RunRequest",
+    "RunRequestNotClaimed",
+    "RunRequestNotFound",
     "Trigger",
+    "TriggerInUse",
+    "TriggerNotFound",
+    "UnknownTriggerEventType",
     "Worker",
+    "WorkerInputError",
+    "WorkerMetrics",
     "WorkerSettings",
     "WorkerStats",
     "add_trigger",
+    "check_filter",
+    "claim",
+    "complete",
+    "create_trigger",
+    "disable_trigger",
+    "enable_trigger",
+    "fail",
+    "get_trigger",
+    "list_runs",
     "list_triggers",
     "load_worker_settings",
+    "parse_filter",
+    "remove_trigger",
+    "requeue_stale",
     "set_enabled",
     "status",
 ]
