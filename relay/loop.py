@@ -450,6 +450,8 @@ class Relay:
                 continue
             good.append(r)
             out.append(Outgoing(r.seq, values))
+        if mark.published:
+            self._locate(rows, mark)
         dead, failed = len(mark.dead), len(mark.failed)
         if dead or failed:
             # Rejected rows hold positions too: commit their verdict (synchronously) before sending the
@@ -484,6 +486,22 @@ class Relay:
         self.stats.failed += failed
         metrics.FAILED.inc(failed)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    def _locate(self, rows: list[_Row], mark: _Mark) -> None:
+        """Fill in the stream ids of recovered rows the fence had already seen (best effort: they are
+        published either way; a row whose entry cannot be found keeps a NULL stream_id)."""
+        assert self._publisher is not None
+        event_ids = {r.id: r.event_id for r in rows}
+        scan = max(5 * self.settings.batch_size, 5000)
+        try:
+            found = self._publisher.locate([event_ids[m[0]] for m in mark.published], scan)
+        except BrokerError as exc:
+            log.warning("could not look up stream ids of %d recovered event(s): %s", len(mark.published), exc)
+            return
+        mark.published = [(rid, found.get(event_ids[rid]), seq) for rid, _sid, seq in mark.published]
+        if len(found) < len(mark.published):
+            log.info("%d recovered event(s) were already on the stream; stream id of %d not found in the last %d "
+                     "entries", len(mark.published), len(mark.published) - len(found), scan)  # fmt: skip
 
     @staticmethod
     def _mark_rows(db: psycopg.Connection[Any], mark: _Mark) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,6 +40,10 @@ class Publisher(Protocol):
 
     def publish(self, batch: Sequence[Outgoing]) -> PublishResult:
         """Append the batch in order, skipping positions at or below the high-water mark. May be partial."""
+        ...
+
+    def locate(self, event_ids: Collection[str], scan: int) -> dict[str, str]:
+        """Broker ids of those events found among the ``scan`` newest entries (best effort, for bookkeeping)."""
         ...
 
     def close(self) -> None:
@@ -206,6 +210,35 @@ class RedisStreamPublisher:
             if acked < self._wait_replicas:
                 raise BrokerError(f"only {acked} of {self._wait_replicas} replicas acknowledged", transient=True)
         return PublishResult(ids, error)
+
+    def locate(self, event_ids: Collection[str], scan: int) -> dict[str, str]:
+        """Stream ids of the given events among the last ``scan`` entries, newest first (XREVRANGE pages).
+
+        Used after a crash for rows the fence already saw: their entries were appended by the interrupted
+        batch, so they sit near the tail. Entries trimmed away or beyond ``scan`` are simply not found.
+        """
+        want = set(event_ids)
+        found: dict[str, str] = {}
+        upper = "+"
+        left = scan
+        try:
+            while want and left > 0:
+                page = self.client.xrevrange(self.stream, max=upper, min="-", count=min(left, 1000))
+                if not page:
+                    break
+                for sid, fields in page:
+                    fields = fields or {}
+                    raw = fields.get(b"event_id", fields.get("event_id"))
+                    eid = raw.decode() if isinstance(raw, bytes) else raw
+                    if eid in want:
+                        want.discard(eid)
+                        found[eid] = sid.decode() if isinstance(sid, bytes) else str(sid)
+                left -= len(page)
+                last = page[-1][0]
+                upper = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+        except redis.RedisError as exc:
+            raise classify(exc) from exc
+        return found
 
     def ping(self) -> None:
         """Raise ``BrokerError`` if Redis does not answer."""
