@@ -6,6 +6,8 @@ Variants, run side by side at each writer count, for N seconds each (rounds inte
   tx+plain        ... + INSERT of the same outbox row into ``bench_plain_events`` (LIKE outbox_events:
                   same columns and defaults, bigint identity PK, no other index, no check) built by
                   hand in Python (dict + json.dumps + uuid7, no validation)
+  tx+insert       ... + a bare INSERT of the same hand-built row into ``outbox_events`` itself (same
+                  table, same indexes; no validation, no ON CONFLICT, no notify check)
   tx+record       ... + outbox.record(conn, "TICKET_CREATED", payload, tenant_id=, actor=, aggregate=)
                   with the relay busy (outbox_relay.notify_until NULL: the default under load)
   tx+record+notify  the same while the relay is idle and listening (notify_until in the future and a
@@ -26,7 +28,7 @@ from typing import Any
 
 from bench import common
 
-VARIANTS = ("tx", "tx+plain", "tx+record", "tx+record+notify")
+VARIANTS = ("tx", "tx+plain", "tx+insert", "tx+record", "tx+record+notify")
 ALL_VARIANTS = ("tx (pgbench)", *VARIANTS)
 
 SETUP_SQL = """
@@ -43,6 +45,11 @@ ALTER TABLE bench_plain_events ADD CONSTRAINT bench_plain_events_pkey PRIMARY KE
 """
 
 INSERT_TICKET = "INSERT INTO tickets (id, tenant_id, title, status, created_at) VALUES (%s, %s, %s, 'open', %s)"
+INSERT_OUTBOX = (
+    "INSERT INTO outbox_events (event_id, tenant_id, event_type, schema_ref, payload, occurred_at, aggregate, "
+    "execution_id, event_name, from_state, to_state, correlation_key) "
+    "VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s)"
+)
 INSERT_PLAIN = (
     "INSERT INTO bench_plain_events (event_id, tenant_id, event_type, schema_ref, payload, occurred_at, aggregate, "
     "execution_id, event_name, from_state, to_state, correlation_key) "
@@ -85,7 +92,8 @@ def _make_tx(conn: Any, variant: str, worker: int) -> Any:
             ticket()
             conn.commit()
 
-    elif variant == "tx+plain":
+    elif variant in ("tx+plain", "tx+insert"):
+        stmt = INSERT_PLAIN if variant == "tx+plain" else INSERT_OUTBOX
 
         def run() -> None:
             tid, title, now = ticket()
@@ -96,7 +104,7 @@ def _make_tx(conn: Any, variant: str, worker: int) -> Any:
             data["actorType"] = "USER"
             text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
             conn.execute(
-                INSERT_PLAIN,
+                stmt,
                 (uuid_utils.uuid7(), tenant, "TICKET_CREATED", "payload.TicketCreated.v1", text, now,
                  f"ticket:{tid}", None, None, None, None, None),
             )  # fmt: skip
@@ -457,13 +465,15 @@ def report(res: dict[str, Any]) -> str:
     rows = []
     for n in clients:
         plain, rec, note = by[(n, "tx+plain")], by[(n, "tx+record")], by[(n, "tx+record+notify")]
-        tx = by[(n, "tx")]
+        tx, ins = by[(n, "tx")], by.get((n, "tx+insert"))
         rows.append(
             [
                 n,
                 _pct(rec["tx_per_s"], plain["tx_per_s"]),
                 f"{rec['client_cpu_us_per_tx'] - plain['client_cpu_us_per_tx']:+,.0f}",
                 f"{rec['server_cpu_us_per_tx'] - plain['server_cpu_us_per_tx']:+,.0f}",
+                _pct(rec["tx_per_s"], ins["tx_per_s"]) if ins else "",
+                f"{rec['total_cpu_us_per_tx'] - ins['total_cpu_us_per_tx']:+,.0f}" if ins else "",
                 _pct(note["tx_per_s"], rec["tx_per_s"]),
                 f"{note['server_cpu_us_per_tx'] - rec['server_cpu_us_per_tx']:+,.0f}",
                 f"{plain['total_cpu_us_per_tx'] - tx['total_cpu_us_per_tx']:+,.0f}",
@@ -475,12 +485,15 @@ def report(res: dict[str, Any]) -> str:
             "record vs plain: tx/s",
             "client µs",
             "PG µs",
+            "record vs insert: tx/s",
+            "total µs",
             "notify vs not: tx/s",
             "PG µs",
             "plain row vs tx: total µs",
         ],
         rows,
-        title="record-cost: what outbox.record adds over a plain INSERT of the same row, and what the NOTIFY adds",
+        title="record-cost: what outbox.record adds over a plain INSERT of the same row (plain: index-less "
+        "table; insert: outbox_events itself), and what the NOTIFY adds",
     )
     cpu = res["python_cpu_per_event"]
     worst = max((s["others_pct_median"] for s in res["summary"]), default=0)
