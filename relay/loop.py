@@ -64,7 +64,7 @@ class _Row:
 
 @dataclass(slots=True)
 class _Mark:
-    """The outcome of one batch, written (with the batch closed) in the next claim's transaction."""
+    """The outcome of one batch, written (with the batch closed) by the marker thread."""
 
     batch: int
     published: list[tuple[int, str | None, int]] = field(default_factory=list)  # (row id, stream id, seq)
@@ -118,10 +118,17 @@ class Relay:
         self._instance_id: str | None = None
         self.epoch: int | None = None
         self._recover = True
-        # Outcomes of published batches not yet written (written with the next claim). Up to two can
-        # wait at once with claim-ahead; a lost one would leave its rows pending and claimable again.
-        self._marks: list[_Mark] = []
+        # Marks are written by one marker thread on its own connection, in parallel with the next claim
+        # (a mark UPDATE of a full batch costs Postgres about as much as the claim itself). Until a
+        # batch's mark has committed its rows are still 'pending', so every claim excludes them by id
+        # (``_unmarked``); at most one mark is in flight (``_submit_mark`` waits for the previous one).
+        # A mark that fails leaves its batch open and its ids excluded, and sets ``_recover``: the batch
+        # is then sent again through the fence (which drops every event) and marked by recovery.
         self._mark_lock = threading.Lock()
+        self._unmarked: dict[int, list[int]] = {}  # batch id -> row ids whose mark has not committed
+        self._mark_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-mark")
+        self._mark_db: psycopg.Connection[Any] | None = None
+        self._mark_fut: Future[None] | None = None
         # Claim-ahead: while one full batch is validated and sent to Redis, the next one is claimed on a
         # second connection by one worker thread (psycopg releases the GIL while it waits on Postgres).
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-claim")
@@ -185,13 +192,15 @@ class Relay:
     def _shutdown(self) -> None:
         self._drop_prefetch(release=self.epoch is not None)
         self._pool.shutdown(wait=True)
-        if self._ahead_db is not None:
-            self._ahead_db.close()
-            self._ahead_db = None
+        self._await_mark()
+        self._mark_pool.shutdown(wait=True)
+        for extra in (self._ahead_db, self._mark_db):
+            if extra is not None:
+                extra.close()
+        self._ahead_db = self._mark_db = None
         if self.epoch is not None and self._db is not None and not self._db.closed:
             try:
                 self._db.rollback()
-                self._flush_mark(self._db)
                 self._db.execute(sql.RELEASE, {"epoch": self.epoch})
                 self._db.commit()
                 log.info("relay %s released the lease (epoch %s)", self.me, self.epoch)
@@ -233,7 +242,7 @@ class Relay:
         if rows:
             self._idle = False
             if not recovered and len(rows) == self.settings.batch_size and not self._stop.is_set():
-                self._prefetch = self._pool.submit(self._claim_ahead, [r.id for r in rows])
+                self._prefetch = self._pool.submit(self._claim_ahead, self._excluded([r.id for r in rows]))
             # Rows of an interrupted batch at or below the fence are already on the stream.
             hwm = self._with_broker(lambda p: p.high_water()) if recovered else 0
             self._process(rows, hwm)
@@ -273,11 +282,12 @@ class Relay:
             self._db_down_since = time.monotonic()
             log.error("database unavailable, retrying with backoff: %s", str(exc).strip().splitlines()[0])
         self._drop_prefetch()
-        for conn in (self._db, self._listen, self._ahead_db):
+        self._await_mark()
+        for conn in (self._db, self._listen, self._ahead_db, self._mark_db):
             if conn is not None:
                 with contextlib.suppress(Exception):
                     conn.close()
-        self._db = self._listen = self._ahead_db = None
+        self._db = self._listen = self._ahead_db = self._mark_db = None
         self._idle = False
         self._recover = True
         self._db_failures += 1
@@ -337,27 +347,35 @@ class Relay:
     def _claim(self, db: psycopg.Connection[Any]) -> tuple[list[_Row], bool]:
         """Write the previous batch's marks and claim the next batch: one transaction, one round trip."""
         if self._recover:
+            self._await_mark()  # a batch whose mark is in flight is not interrupted
             batches = db.execute(sql.OPEN_BATCHES).fetchall()
             db.rollback()
+            with self._mark_lock:  # a mark that failed after its commit: the batch is closed after all
+                still_open = {int(b[0]) for b in batches}
+                self._unmarked = {k: v for k, v in self._unmarked.items() if k in still_open}
             if batches:
                 batch_id = int(batches[0][0])
                 log.info("recovering interrupted batch %s (%d open)", batch_id, len(batches))
                 with db.pipeline():
-                    self._write_mark(db)
                     cur = db.execute(sql.RECOVER_BATCH, {"batch": batch_id})
                     db.commit()
                 rows = [_Row(*r) for r in cur.fetchall()]
-                with self._mark_lock:  # closes the batch even if no row of it is left pending
-                    self._marks.append(_Mark(batch_id))
+                if not rows:  # nothing of it left pending: just close it
+                    self._submit_mark(_Mark(batch_id))
                 return rows, True
             self._recover = False
-        return self._claim_new(db, []), False
+        return self._claim_new(db, self._excluded()), False
+
+    def _excluded(self, in_flight: list[int] | None = None) -> list[int]:
+        """Row ids no claim may take: the batch in flight, and batches whose mark has not committed."""
+        with self._mark_lock:
+            out = [i for ids in self._unmarked.values() for i in ids]
+        return out + in_flight if in_flight else out
 
     def _claim_new(self, db: psycopg.Connection[Any], exclude: list[int]) -> list[_Row]:
         params = {"limit": self.settings.batch_size, "epoch": self.epoch, "ttl": self.settings.lease_ttl,
                   "exclude": exclude}  # fmt: skip
         with db.pipeline():
-            self._write_mark(db)
             cur = db.execute(sql.CLAIM, params)
             db.commit()
         rows = [_Row(*r) for r in cur.fetchall()]
@@ -366,40 +384,69 @@ class Relay:
             self._renewed_at = time.monotonic()
         return rows
 
-    def _claim_ahead(self, in_flight: list[int]) -> list[_Row]:
-        """(Worker thread, own connection.) Claim the batch after the one in flight."""
+    def _claim_ahead(self, exclude: list[int]) -> list[_Row]:
+        """(Worker thread, own connection.) Claim the batch after the one in flight (``exclude``: its
+        rows and those of unmarked batches)."""
         if self._ahead_db is None or self._ahead_db.closed or self._ahead_db.broken:
             self._ahead_db = psycopg.connect(
                 self.dsn, connect_timeout=5, application_name="outbox-relay", options=self._session_options()
             )
-        return self._claim_new(self._ahead_db, in_flight)
+        return self._claim_new(self._ahead_db, exclude)
 
-    def _write_mark(self, db: psycopg.Connection[Any]) -> None:
+    @staticmethod
+    def _write_mark(db: psycopg.Connection[Any], mark: _Mark) -> None:
+        """The statements of one batch's mark (the caller commits): published rows, verdicts, batch closed."""
+        if mark.published:
+            db.execute(
+                sql.MARK_PUBLISHED,
+                {"ids": [m[0] for m in mark.published], "sids": [m[1] for m in mark.published],
+                 "seqs": [m[2] for m in mark.published]},
+            )  # fmt: skip
+        if mark.dead:
+            db.execute(sql.MARK_DEAD, {"ids": [m[0] for m in mark.dead], "reasons": [m[1] for m in mark.dead]})
+        if mark.failed:
+            db.execute(sql.MARK_FAILED, {"ids": [m[0] for m in mark.failed], "reasons": [m[1] for m in mark.failed]})
+        db.execute(sql.CLOSE_BATCH, (mark.batch,))
+
+    def _submit_mark(self, mark: _Mark) -> None:
+        """Hand a finished batch's mark to the marker thread (after the previous mark has finished)."""
+        self._await_mark()
         with self._mark_lock:
-            marks, self._marks = self._marks, []
-        for mark in marks:
-            if mark.published:
-                db.execute(
-                    sql.MARK_PUBLISHED,
-                    {"ids": [m[0] for m in mark.published], "sids": [m[1] for m in mark.published],
-                     "seqs": [m[2] for m in mark.published]},
-                )  # fmt: skip
-            if mark.dead:
-                db.execute(sql.MARK_DEAD, {"ids": [m[0] for m in mark.dead], "reasons": [m[1] for m in mark.dead]})
-            if mark.failed:
-                db.execute(
-                    sql.MARK_FAILED, {"ids": [m[0] for m in mark.failed], "reasons": [m[1] for m in mark.failed]}
-                )
-            db.execute(sql.CLOSE_BATCH, (mark.batch,))
+            self._unmarked[mark.batch] = [m[0] for m in mark.published]
+        self._mark_fut = self._mark_pool.submit(self._mark_async, mark)
 
-    def _flush_mark(self, db: psycopg.Connection[Any]) -> None:
-        """Write pending marks on their own. synchronous_commit=off is safe here (and only here): a lost
-        mark leaves its batch open, and the fence drops its events when the batch is sent again."""
-        if not self._marks:
+    def _await_mark(self) -> None:
+        """Wait for the mark in flight. A failed one leaves its batch open for recovery (see __init__)."""
+        fut, self._mark_fut = self._mark_fut, None
+        if fut is None:
             return
-        db.execute("SET LOCAL synchronous_commit = off")
-        self._write_mark(db)
-        db.commit()
+        try:
+            fut.result()
+        except Exception as exc:  # psycopg errors, or anything else: the batch stays open either way
+            log.warning("writing a batch mark failed (the batch will be recovered): %s", str(exc).strip()[:200])
+            self._recover = True
+
+    def _mark_async(self, mark: _Mark) -> None:
+        """(Marker thread, own connection.) Write one mark. synchronous_commit=off is safe here (and only
+        here): a mark lost in a crash leaves its batch open, and the fence drops its events when it is sent
+        again."""
+        db = self._mark_db
+        if db is None or db.closed or db.broken:
+            db = self._mark_db = psycopg.connect(
+                self.dsn, connect_timeout=5, application_name="outbox-relay-mark", options=self._session_options()
+            )
+        try:
+            with db.pipeline():
+                db.execute("SET LOCAL synchronous_commit = off")
+                self._write_mark(db, mark)
+                db.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                db.close()
+            self._mark_db = None
+            raise
+        with self._mark_lock:
+            self._unmarked.pop(mark.batch, None)
 
     def _encode(self, r: _Row) -> list[str]:
         model = self.registry.validate_json(r.event_type, r.payload, ref=r.schema_ref)
@@ -475,8 +522,7 @@ class Relay:
             # Whatever is known to be on the stream gets marked, even when interrupted; if the batch is
             # not complete it stays open and is recovered (the fence drops what was already sent).
             if len(mark.published) + dead + failed == len(rows):
-                with self._mark_lock:
-                    self._marks.append(mark)
+                self._submit_mark(mark)
             else:
                 self._recover = True
                 if self._db is not None and mark.published:
@@ -590,7 +636,7 @@ class Relay:
             # Pure polling (PgBouncer transaction mode): back off gently up to idle_poll_interval.
             self._stop.wait(min(s.idle_poll_interval, max(s.poll_interval, quiet / 10)))
             return
-        self._flush_mark(db)
+        self._await_mark()
         if not self._idle:
             # Going idle: LISTEN first, then tell writers to notify, then poll once more (the caller
             # loops) so a row committed between our last poll and the flag is not left waiting.

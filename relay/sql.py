@@ -51,7 +51,8 @@ _COLUMNS: LiteralString = (
 # (and then finds its open batch) or has already bumped the epoch, in which case `bump` matches no
 # row, no batch is written and nothing is returned. With no pending rows nothing is written at all,
 # so idle polling costs no WAL flush. The relay's own open batches are excluded by id: at most the one
-# batch being published while the next is claimed ahead (see Relay._claim_ahead).
+# batch being published while the next is claimed ahead, and batches whose mark has not committed yet
+# (see Relay._claim_ahead and Relay._submit_mark).
 #   Plan: Limit -> Index Scan using outbox_events_pending_idx (exact predicate, id order); the
 #   relay row by its primary key.
 CLAIM: LiteralString = (

@@ -480,8 +480,8 @@ def test_poison_row_in_an_interrupted_batch_stays_dead(db_url, stream):
     but P never was: it must end 'dead', not 'published'.
 
     Staging (all real faults): the test's own Redis is frozen (SIGSTOP) while the relay claims the
-    batch; the test then holds the relay row lock, so after Redis thaws and the batch is published
-    the relay blocks on its next lease renewal; it is SIGKILLed there.
+    batch; the test then locks the open batch's row, so after Redis thaws and the batch is published
+    the relay's mark (which closes the batch in the same transaction) blocks; it is SIGKILLed there.
     """
     with own_redis(appendonly=False) as server:
         rds = client(server.url)
@@ -510,14 +510,23 @@ def test_poison_row_in_an_interrupted_batch_stays_dead(db_url, stream):
                     what="the batch [A, P, B] to be claimed and P rejected",
                 )
                 lock = psycopg.connect(db_url)
-                lock.execute("SELECT 1 FROM outbox_relay WHERE name = 'default' FOR UPDATE")
-                time.sleep(0.6)  # > lease_ttl / 3: the relay renews its lease before its next claim
+                assert lock.execute("SELECT count(*) FROM (SELECT 1 FROM outbox_batches FOR UPDATE) b").fetchone() == (
+                    1,
+                )
             finally:
                 os.kill(server.proc.pid, signal.SIGCONT)
             wait_for(lambda: {e for _, e in stream_ids(rds, stream)} == {a, b}, timeout=10, what="A and B")
-            time.sleep(0.3)  # the relay is now blocked on the relay row, its outcome not yet written
+            time.sleep(0.3)  # the relay's mark is now blocked on the batch row, its outcome not yet written
             proc.kill()
             proc.communicate(timeout=10)
+            # The killed relay's backend is still waiting on our lock with the rest of its pipeline
+            # (COMMIT included) already received: Postgres only notices a dead client at its next
+            # socket operation. End it, as client_connection_check_interval would, before unlocking.
+            assert lock is not None
+            lock.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name LIKE 'outbox-relay%'"
+            )
         finally:
             if proc.poll() is None:
                 proc.kill()
