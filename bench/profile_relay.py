@@ -67,8 +67,10 @@ def phases(env: common.Env, rows: int, batch_size: int) -> dict[str, Any]:
     common.wait_quiet("profile phases")  # profile runs are not repeated; see the drain part for figures
     gc.collect()
     claim_method = "_claim_new" if hasattr(Relay, "_claim_new") else "_claim"
+    mark_method = "_mark_async" if hasattr(Relay, "_mark_async") else None
     with (
         _timed(Relay, claim_method, acc, "claim"),
+        _timed(Relay, mark_method, acc, "mark") if mark_method else contextlib.nullcontext(),
         _timed(Relay, "_encode", acc, "encode"),
         _timed(Relay, "_process", acc, "process"),
         _timed(RedisStreamPublisher, "publish", acc, "publish"),
@@ -86,8 +88,11 @@ def phases(env: common.Env, rows: int, batch_size: int) -> dict[str, Any]:
         "publisher.publish: fence script round trip": acc["publish"],
         "rest of Relay._process: loop, bookkeeping, marks written there": rest,
         "main thread outside _process: claims (or waiting for the claim made ahead), renew, prune": outside,
-        f"(overlapping) Relay.{claim_method} on any thread: mark + claim round trip + rows": acc["claim"],
+        f"(overlapping) Relay.{claim_method} on any thread: claim round trip + rows"
+        + ("" if mark_method else " (+ the previous batch's mark)"): acc["claim"],
     }
+    if mark_method:
+        parts[f"(overlapping) Relay.{mark_method} on the marker thread: mark round trip"] = acc["mark"]
     return {
         "events": n,
         "seconds": round(total, 3),
