@@ -345,7 +345,7 @@ class Relay:
     # ---- claim / process / mark --------------------------------------------------------------------
 
     def _claim(self, db: psycopg.Connection[Any]) -> tuple[list[_Row], bool]:
-        """Write the previous batch's marks and claim the next batch: one transaction, one round trip."""
+        """Claim the next batch (or, after an interruption, take the oldest open batch back for recovery)."""
         if self._recover:
             self._await_mark()  # a batch whose mark is in flight is not interrupted
             batches = db.execute(sql.OPEN_BATCHES).fetchall()
