@@ -341,6 +341,7 @@ def _refs(node: Any) -> list[str]:
 def check_asyncapi_3_structure(doc: dict[str, Any]) -> None:
     """The rules of AsyncAPI 3.0.0 this export relies on, checked without the official JSON Schema."""
     import jsonschema
+
     key = r"^[\w\d\.\-_]+$"
     assert doc["asyncapi"] == "3.0.0"
     assert {"title", "version"} <= set(doc["info"])
@@ -412,6 +413,7 @@ def test_asyncapi_export_has_one_message_per_event_type(exported):
 
 def test_asyncapi_export_is_structurally_valid_and_examples_match_payloads(exported):
     import jsonschema
+
     check_asyncapi_3_structure(exported)
     checked = 0
     for msg in exported["components"]["messages"].values():
@@ -426,6 +428,7 @@ def test_asyncapi_export_is_structurally_valid_and_examples_match_payloads(expor
 
 def test_asyncapi_export_validates_against_the_official_3_0_0_schema(exported):
     import jsonschema
+
     spec = _official_asyncapi_schema()
     assert spec is not None, "tests/data/asyncapi-3.0.0.json (the official AsyncAPI 3.0.0 schema) is missing"
     assert spec["$id"] == "http://asyncapi.com/definitions/3.0.0/asyncapi.json"
