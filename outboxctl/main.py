@@ -28,7 +28,7 @@ app = typer.Typer(
 )
 app.add_typer(schemas_cmd.app, name="schemas", help="Payload contracts: export JSON Schemas, check evolution.")
 app.add_typer(catalog_cmd.app, name="catalog", help="Event catalog: sync, list, show, export.")
-app.add_typer(worker_cmd.app, name="worker", help="Workflow worker: ingest the stream, start triggered runs; status.")
+app.add_typer(worker_cmd.app, name="worker", help="Workflow worker: ingest, request runs; status, triggers, runs.")
 app.command("simulate", help="Build a realistic (or deliberately invalid) payload from an event's schema.")(
     simulate_cmd.simulate
 )
