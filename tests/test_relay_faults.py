@@ -387,6 +387,57 @@ def test_postgres_connections_cut_repeatedly(db_url, pg_admin_url, settings, rds
     print(f"\n[pg cut] cuts={cut} events={len(expected)} stats={stats} fence-skipped rows={skipped}")
 
 
+@pytest.mark.fault
+def test_marker_connection_cut_repeatedly(db_url, pg_admin_url, settings, rds, stream, caplog):
+    """Only the marker thread's connection is cut, again and again, while writers write: every lost
+    mark leaves its batch open, the relay recovers it through the fence, nothing is published twice."""
+    dbname = urlsplit(db_url).path.lstrip("/")
+    backlog = set(write_events(db_url, 3000))
+    writer = Writer(db_url, chunk=10, pause=0.005)
+    caplog.set_level("WARNING", logger="relay")
+    cut = 0
+    with relay_thread(settings.model_copy(update={"batch_size": 100})) as relay:
+        writer.start()
+        for _ in range(8):
+            wait_for(
+                lambda: _terminate_marker(pg_admin_url, dbname) > 0 or None,
+                timeout=10,
+                interval=0.005,
+                what="the marker's backend to terminate",
+            )
+            cut += 1
+            time.sleep(0.15)
+        writer.stop()
+        assert writer.errors == 0
+        expected = backlog | writer.committed
+        wait_for(lambda: pending_count(db_url) == 0, timeout=30, what="everything published")
+        wait_for(lambda: in_flight(db_url) == 0 and open_batches(db_url) == 0, timeout=10, what="no open batch")
+        stats = relay.stats
+    failed_marks = sum("writing a batch mark failed" in r.getMessage() for r in caplog.records)
+    assert failed_marks >= 1, "no mark was ever interrupted: the cuts missed the marker"
+    skipped = assert_exactly_once(rds, stream, db_url, expected)
+    assert stats.dead == 0 and stats.failed == 0, stats
+    print(f"\n[marker cut] cuts={cut} failed marks={failed_marks} events={len(expected)} stats={stats} "
+          f"fence-skipped rows={skipped}")  # fmt: skip
+
+
+def _terminate_marker(admin_url: str, dbname: str) -> int:
+    with psycopg.connect(admin_url, autocommit=True) as c:
+        row = c.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = %s AND application_name = 'outbox-relay-mark'",
+            (dbname,),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def open_batches(db_url: str) -> int:
+    """Rows in outbox_batches (claimed, not yet closed by a mark)."""
+    with psycopg.connect(db_url) as c:
+        row = c.execute("SELECT count(*) FROM outbox_batches").fetchone()
+    return int(row[0]) if row else 0
+
+
 # ---- 5. own Postgres stopped / crashed and restarted ---------------------------------------------
 
 
