@@ -79,6 +79,7 @@ class ReplayReport:
     still_invalid: dict[str, str] = field(default_factory=dict)
     already_published: list[str] = field(default_factory=list)
     not_found: list[str] = field(default_factory=list)
+    in_open_batch: list[str] = field(default_factory=list)  # not requeued yet: replay again shortly
     dry_run: bool = False
 
 
@@ -125,23 +126,27 @@ def replay(
             break
         after = rows[-1][0]
         good: list[int] = []
+        good_ids: dict[int, str] = {}
         bad_ids: list[int] = []
         bad_reasons: list[str] = []
         for row_id, event_id, tenant, event_type, ref, _status, payload in rows:
             reason = _revalidate(reg, event_type, ref, tenant, payload)
             if reason is None:
                 good.append(row_id)
-                report.requeued.append(str(event_id))
+                good_ids[row_id] = str(event_id)
             else:
                 bad_ids.append(row_id)
                 bad_reasons.append(reason)
                 report.still_invalid[str(event_id)] = reason
         report.matched += len(rows)
         if dry_run:
+            report.requeued.extend(good_ids.values())
             conn.rollback()
         else:
             if good:
-                conn.execute(sql.REQUEUE, (good,))
+                done = {r[0] for r in conn.execute(sql.REQUEUE, (good,)).fetchall()}
+                for row_id, event_id in good_ids.items():
+                    (report.requeued if row_id in done else report.in_open_batch).append(event_id)
             if bad_ids:
                 conn.execute(sql.REDEAD, (bad_ids, bad_reasons))
             conn.commit()

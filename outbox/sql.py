@@ -94,11 +94,17 @@ SELECT_FOR_REPLAY: LiteralString = (
 COUNT_FOR_REPLAY: LiteralString = "SELECT count(*) FROM outbox_events WHERE " + _FAILED_FILTER
 
 # Replay puts a row back in the queue; it gets a fresh position (publish_seq) at the next claim.
-# Only dead/failed rows qualify, so a published event can never be queued twice.
+# Only dead/failed rows qualify, so a published event can never be queued twice. A row still listed in
+# an open relay batch is left alone: if that batch were recovered after the row turned pending again,
+# the row would carry the batch's old position, which the fence may already have passed, and it would
+# be marked published without being sent. Batches never reopen, so once the relay closes the batch
+# (normally within milliseconds) the row can be replayed.
 REQUEUE: LiteralString = """
-UPDATE outbox_events SET status = 'pending', publish_seq = NULL, attempts = 0,
+UPDATE outbox_events o SET status = 'pending', publish_seq = NULL, attempts = 0,
        last_error = 'replayed at ' || clock_timestamp()::text || ' after: ' || coalesce(last_error, '')
-WHERE id = ANY(%s::bigint[]) AND status IN ('dead', 'failed')
+WHERE o.id = ANY(%s::bigint[]) AND o.status IN ('dead', 'failed')
+  AND NOT EXISTS (SELECT 1 FROM outbox_batches b WHERE o.id = ANY(b.event_ids))
+RETURNING o.id
 """
 
 # A row that fails re-validation during replay stays dead with the new reason.

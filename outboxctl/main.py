@@ -246,6 +246,11 @@ def replay(
         out.print(f"already published (not replayed): {', '.join(report.already_published)}")
     if report.not_found:
         out.print(f"not found: {', '.join(report.not_found)}")
+    if report.in_open_batch:
+        out.print(
+            f"in a relay batch not closed yet (not replayed; run the replay again shortly): "
+            f"{', '.join(report.in_open_batch)}"
+        )
 
 
 @app.command()

@@ -28,6 +28,10 @@ from schemas.registry import Registry
 
 log = logging.getLogger("relay")
 
+# TCP keepalives on every relay connection: a peer that vanished (black-holed network, frozen host) is
+# noticed within ~25 s instead of never, so no thread waits forever on a reply (ignored on Unix sockets).
+_KEEPALIVE: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+
 
 @dataclass
 class RelayStats:
@@ -122,13 +126,16 @@ class Relay:
         # (a mark UPDATE of a full batch costs Postgres about as much as the claim itself). Until a
         # batch's mark has committed its rows are still 'pending', so every claim excludes them by id
         # (``_unmarked``); at most one mark is in flight (``_submit_mark`` waits for the previous one).
-        # A mark that fails leaves its batch open and its ids excluded, and sets ``_recover``: the batch
-        # is then sent again through the fence (which drops every event) and marked by recovery.
+        # A mark that fails on the marker is written again on the main connection (so a marker that cannot
+        # connect slows the relay down but never stops it); if that fails too, the batch stays open, its
+        # ids stay excluded, and recovery sends it again through the fence (which drops every event).
         self._mark_lock = threading.Lock()
         self._unmarked: dict[int, list[int]] = {}  # batch id -> row ids whose mark has not committed
         self._mark_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-mark")
         self._mark_db: psycopg.Connection[Any] | None = None
         self._mark_fut: Future[None] | None = None
+        self._mark_inflight: _Mark | None = None
+        self._marker_down_since: float | None = None
         # Claim-ahead: while one full batch is validated and sent to Redis, the next one is claimed on a
         # second connection by one worker thread (psycopg releases the GIL while it waits on Postgres).
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-claim")
@@ -192,7 +199,8 @@ class Relay:
     def _shutdown(self) -> None:
         self._drop_prefetch(release=self.epoch is not None)
         self._pool.shutdown(wait=True)
-        self._await_mark()
+        with contextlib.suppress(psycopg.Error):
+            self._await_mark()
         self._mark_pool.shutdown(wait=True)
         for extra in (self._ahead_db, self._mark_db):
             if extra is not None:
@@ -220,6 +228,8 @@ class Relay:
 
     def _step(self, until_idle: bool) -> bool:
         db = self._connect()
+        if self._mark_fut is not None and self._mark_fut.done():
+            self._await_mark()  # see a failed mark now, not only when the next batch is handed over
         if self.epoch is None and not self._acquire(db):
             if until_idle:
                 return False
@@ -245,7 +255,7 @@ class Relay:
                 self._prefetch = self._pool.submit(self._claim_ahead, self._excluded([r.id for r in rows]))
             # Rows of an interrupted batch at or below the fence are already on the stream.
             hwm = self._with_broker(lambda p: p.high_water()) if recovered else 0
-            self._process(rows, hwm)
+            self._process(rows, hwm, recovered=recovered)
             self._last_busy = time.monotonic()
             if len(rows) < self.settings.batch_size and self.settings.poll_interval and not recovered:
                 self._stop.wait(self.settings.poll_interval)  # let a few more rows gather
@@ -260,8 +270,9 @@ class Relay:
     def _connect(self) -> psycopg.Connection[Any]:
         if self._db is None or self._db.closed or self._db.broken:
             self._db = psycopg.connect(
-                self.dsn, connect_timeout=5, application_name="outbox-relay", options=self._session_options()
-            )
+                self.dsn, connect_timeout=5, application_name="outbox-relay", options=self._session_options(),
+                **_KEEPALIVE,
+            )  # fmt: skip
             self._recover = True
             if self._db_down_since is not None:
                 log.warning("database reachable again after %.1fs", time.monotonic() - self._db_down_since)
@@ -282,7 +293,7 @@ class Relay:
             self._db_down_since = time.monotonic()
             log.error("database unavailable, retrying with backoff: %s", str(exc).strip().splitlines()[0])
         self._drop_prefetch()
-        self._await_mark()
+        self._await_mark(fallback=False)
         for conn in (self._db, self._listen, self._ahead_db, self._mark_db):
             if conn is not None:
                 with contextlib.suppress(Exception):
@@ -361,7 +372,7 @@ class Relay:
                     db.commit()
                 rows = [_Row(*r) for r in cur.fetchall()]
                 if not rows:  # nothing of it left pending: just close it
-                    self._submit_mark(_Mark(batch_id))
+                    self._submit_mark(_Mark(batch_id), now=True)
                 return rows, True
             self._recover = False
         return self._claim_new(db, self._excluded()), False
@@ -389,8 +400,9 @@ class Relay:
         rows and those of unmarked batches)."""
         if self._ahead_db is None or self._ahead_db.closed or self._ahead_db.broken:
             self._ahead_db = psycopg.connect(
-                self.dsn, connect_timeout=5, application_name="outbox-relay", options=self._session_options()
-            )
+                self.dsn, connect_timeout=5, application_name="outbox-relay", options=self._session_options(),
+                **_KEEPALIVE,
+            )  # fmt: skip
         return self._claim_new(self._ahead_db, exclude)
 
     @staticmethod
@@ -408,23 +420,59 @@ class Relay:
             db.execute(sql.MARK_FAILED, {"ids": [m[0] for m in mark.failed], "reasons": [m[1] for m in mark.failed]})
         db.execute(sql.CLOSE_BATCH, (mark.batch,))
 
-    def _submit_mark(self, mark: _Mark) -> None:
-        """Hand a finished batch's mark to the marker thread (after the previous mark has finished)."""
+    def _submit_mark(self, mark: _Mark, *, now: bool = False) -> None:
+        """Hand a finished batch's mark to the marker thread (after the previous mark has finished), or
+        with ``now`` (recovered batches: nothing to overlap with) write it on the main connection."""
         self._await_mark()
+        if now:
+            self._mark_sync(mark)
+            return
         with self._mark_lock:
             self._unmarked[mark.batch] = [m[0] for m in mark.published]
+        self._mark_inflight = mark
         self._mark_fut = self._mark_pool.submit(self._mark_async, mark)
 
-    def _await_mark(self) -> None:
-        """Wait for the mark in flight. A failed one leaves its batch open for recovery (see __init__)."""
+    def _await_mark(self, *, fallback: bool = True) -> None:
+        """Wait for the mark in flight. If it failed, write it on the main connection (``fallback``);
+        when that is not possible or fails too, leave its batch open for recovery (see __init__)."""
         fut, self._mark_fut = self._mark_fut, None
+        mark, self._mark_inflight = self._mark_inflight, None
         if fut is None:
             return
         try:
             fut.result()
-        except Exception as exc:  # psycopg errors, or anything else: the batch stays open either way
-            log.warning("writing a batch mark failed (the batch will be recovered): %s", str(exc).strip()[:200])
-            self._recover = True
+        except Exception as exc:  # psycopg errors, or anything else
+            if self._marker_down_since is None:
+                self._marker_down_since = time.monotonic()
+                log.warning(
+                    "writing a batch mark failed on the marker connection; marks go through the main connection "
+                    "until it works again: %s", str(exc).strip()[:200],
+                )  # fmt: skip
+            db = self._db
+            if not fallback or mark is None or db is None or db.closed or db.broken:
+                self._recover = True
+                return
+            try:
+                self._mark_sync(mark)
+            except BaseException:
+                self._recover = True  # the batch stays open: recovery sends it again through the fence
+                raise
+            return
+        if self._marker_down_since is not None:
+            log.warning("marker connection works again after %.1fs", time.monotonic() - self._marker_down_since)
+            self._marker_down_since = None
+
+    def _mark_sync(self, mark: _Mark) -> None:
+        """Write one mark on the main connection (same rules as ``_mark_async``)."""
+        db = self._db
+        assert db is not None
+        db.rollback()
+        with db.pipeline():
+            db.execute("SET LOCAL synchronous_commit = off")
+            self._write_mark(db, mark)
+            db.commit()
+        with self._mark_lock:
+            self._unmarked.pop(mark.batch, None)
 
     def _mark_async(self, mark: _Mark) -> None:
         """(Marker thread, own connection.) Write one mark. synchronous_commit=off is safe here (and only
@@ -433,8 +481,9 @@ class Relay:
         db = self._mark_db
         if db is None or db.closed or db.broken:
             db = self._mark_db = psycopg.connect(
-                self.dsn, connect_timeout=5, application_name="outbox-relay-mark", options=self._session_options()
-            )
+                self.dsn, connect_timeout=5, application_name="outbox-relay-mark", options=self._session_options(),
+                **_KEEPALIVE,
+            )  # fmt: skip
         try:
             with db.pipeline():
                 db.execute("SET LOCAL synchronous_commit = off")
@@ -470,7 +519,7 @@ class Relay:
             correlation_key=r.correlation_key,
         )
 
-    def _process(self, rows: list[_Row], hwm: int = 0) -> None:
+    def _process(self, rows: list[_Row], hwm: int = 0, *, recovered: bool = False) -> None:
         started = time.perf_counter()
         self.stats.batches += 1
         metrics.BATCHES.inc()
@@ -522,7 +571,7 @@ class Relay:
             # Whatever is known to be on the stream gets marked, even when interrupted; if the batch is
             # not complete it stays open and is recovered (the fence drops what was already sent).
             if len(mark.published) + dead + failed == len(rows):
-                self._submit_mark(mark)
+                self._submit_mark(mark, now=recovered)
             else:
                 self._recover = True
                 if self._db is not None and mark.published:
@@ -654,7 +703,7 @@ class Relay:
     def _ensure_listen(self) -> None:
         if self._listen is None or self._listen.closed or self._listen.broken:
             self._listen = psycopg.connect(
-                self.dsn, autocommit=True, connect_timeout=5, application_name="outbox-relay-listen"
+                self.dsn, autocommit=True, connect_timeout=5, application_name="outbox-relay-listen", **_KEEPALIVE
             )
             self._listen.execute(f"LISTEN {NOTIFY_CHANNEL}")
 

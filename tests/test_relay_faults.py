@@ -390,7 +390,8 @@ def test_postgres_connections_cut_repeatedly(db_url, pg_admin_url, settings, rds
 @pytest.mark.fault
 def test_marker_connection_cut_repeatedly(db_url, pg_admin_url, settings, rds, stream, caplog):
     """Only the marker thread's connection is cut, again and again, while writers write: every lost
-    mark leaves its batch open, the relay recovers it through the fence, nothing is published twice."""
+    mark is written again on the main connection (or, failing that, recovered through the fence);
+    nothing is published twice and no batch is left open."""
     dbname = urlsplit(db_url).path.lstrip("/")
     backlog = set(write_events(db_url, 3000))
     writer = Writer(db_url, chunk=10, pause=0.005)

@@ -162,3 +162,60 @@ def test_status_reports_pending_dead_and_per_tenant(settings, db_url):
         st = ops.status(conn)
         assert st["pending"] == 0 and st["dead"] == 1 and st["published_last_minute"] == 3
         assert st["oldest_pending_age"] is None
+
+
+def test_dead_row_in_an_open_batch_is_not_replayed_until_the_batch_closes(settings, rds, stream, db_url):
+    """A batch [A, P, B]: P is dead-lettered, A and B are sent (the fence passes P's position), then the
+    relay dies before closing the batch. Replaying P now would make it pending inside the open batch, and
+    the successor's recovery would take P (position below the fence) for sent. So replay leaves it until
+    the batch is closed, and P then goes out once with a fresh position."""
+    from outbox import wire
+    from relay import sql as relay_sql
+    from relay.publisher import Outgoing, RedisStreamPublisher, fence_key
+
+    fixed = {"tenantId": "t1", "occurredAt": "2026-11-25T10:00:00Z", "ticketId": str(uuid.uuid4()), **TICKET_PAYLOAD}
+    with psycopg.connect(db_url) as conn:
+        a = _valid(conn, 1)[0]
+        p = _poison(conn, {k: v for k, v in fixed.items() if k != "ticketId"})
+        b = _valid(conn, 1)[0]
+        conn.commit()
+        # A relay's first steps, with the relay's own statements: take the lease, claim the batch, reject P.
+        epoch, _seq, instance = conn.execute(relay_sql.ACQUIRE, {"me": "dying-relay", "ttl": 3600}).fetchone()
+        batch = conn.execute(
+            relay_sql.CLAIM, {"limit": 10, "epoch": epoch, "ttl": 3600, "exclude": []}
+        ).fetchall()  # fmt: skip
+        conn.commit()
+        by_id = {row[3]: row for row in batch}  # event_id -> (batch, seq, id, event_id, ...)
+        assert [row[3] for row in batch] == [a, p, b]
+        conn.execute(relay_sql.MARK_DEAD, {"ids": [by_id[p][2]], "reasons": ["ValidationError: ticketId"]})
+        conn.commit()
+    publisher = RedisStreamPublisher.from_url(settings.redis_url, stream, fence_key(stream, str(instance)), wire.FIELDS)
+    try:
+        sent = publisher.publish([
+            Outgoing(by_id[e][1], wire.values(event_id=e, event_type="TICKET_STATUS_CHANGED", tenant="t1",
+                                              timestamp="2026-11-25T10:00:00.000Z", payload_json="{}"))
+            for e in (a, b)
+        ])  # fmt: skip
+        assert sent.error is None and len(sent.ids) == 2 and publisher.high_water() > by_id[p][1]
+    finally:
+        publisher.close()
+    # ... and the relay is gone. The operator fixes P and replays it while the batch is still open.
+    with psycopg.connect(db_url) as conn:
+        conn.execute("UPDATE outbox_events SET payload = %s::jsonb WHERE event_id = %s", (json.dumps(fixed), p))
+        conn.execute("UPDATE outbox_relay SET lease_until = now() - interval '1 second'")
+        conn.commit()
+        report = ops.replay(conn)
+        assert report.requeued == [] and report.in_open_batch == [p]
+        assert status_counts(db_url)["dead"] == 1
+
+    stats = Relay(settings).run(until_idle=True)  # the successor recovers the batch: A and B were sent
+    assert stats.fence_skipped == 2 and stats.published == 0
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT count(*) FROM outbox_batches").fetchone() == (0,)
+        report = ops.replay(conn)
+        assert report.requeued == [p] and report.in_open_batch == []
+    stats = Relay(settings).run(until_idle=True)
+    assert stats.published == 1
+    ids = [f["event_id"] for _, f in stream_entries(rds, stream)]
+    assert sorted(ids) == sorted([a, b, p]) and ids[-1] == p
+    assert status_counts(db_url) == {"published": 3}
