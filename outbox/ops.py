@@ -20,12 +20,11 @@ FAILED_STATUSES = ("dead", "failed")
 
 
 def status(conn: psycopg.Connection[Any], *, by_tenant: bool = False) -> dict[str, Any]:
-    """Pending count, oldest pending age (s), dead/failed counts, published in the last minute, relay state."""
+    """Pending count, oldest pending age (s), dead/failed counts, published in the last minute, open relay
+    batches (claimed, not yet marked) and the age of the oldest, relay state."""
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(sql.STATUS).fetchone() or {}
-        out: dict[str, Any] = {
-            k: (float(v) if k == "oldest_pending_age" and v is not None else v) for k, v in row.items()
-        }
+        out: dict[str, Any] = {k: (float(v) if k.endswith("_age") and v is not None else v) for k, v in row.items()}
         if by_tenant:
             tenants = cur.execute(sql.STATUS_BY_TENANT).fetchall()
             out["tenants"] = [

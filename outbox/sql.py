@@ -51,6 +51,8 @@ SELECT
      WHERE status = 'published' AND published_at > clock_timestamp() - interval '1 minute')
      AS published_last_minute,
   (SELECT count(*) FROM outbox_events WHERE status = 'published') AS published_retained,
+  (SELECT count(*) FROM outbox_batches) AS open_batches,
+  (SELECT extract(epoch FROM clock_timestamp() - min(created_at)) FROM outbox_batches) AS oldest_open_batch_age,
   r.leader, r.epoch, r.last_seq, r.lease_until > clock_timestamp() AS leader_alive,
   r.notify_until > clock_timestamp() AS relay_idle
 FROM outbox_relay r WHERE r.name = 'default'

@@ -152,6 +152,8 @@ def status(
     t.add_row("failed", str(data["failed"]))
     t.add_row("published, last minute", str(data["published_last_minute"]))
     t.add_row("published, retained", str(data["published_retained"]))
+    bage = data.get("oldest_open_batch_age")
+    t.add_row("relay batches open", f"{data['open_batches']}" + (f" (oldest {bage:.1f}s)" if bage is not None else ""))
     t.add_row("relay leader", f"{data['leader'] or '-'} (epoch {data['epoch']}, alive={bool(data['leader_alive'])})")
     t.add_row("relay idle/listening", str(bool(data["relay_idle"])))
     out.print(t)

@@ -161,6 +161,7 @@ def test_status_reports_pending_dead_and_per_tenant(settings, db_url):
     with psycopg.connect(db_url) as conn:
         st = ops.status(conn)
         assert st["pending"] == 0 and st["dead"] == 1 and st["published_last_minute"] == 3
+        assert st["open_batches"] == 0 and st["oldest_open_batch_age"] is None
         assert st["oldest_pending_age"] is None
 
 
@@ -207,6 +208,8 @@ def test_dead_row_in_an_open_batch_is_not_replayed_until_the_batch_closes(settin
         report = ops.replay(conn)
         assert report.requeued == [] and report.in_open_batch == [p]
         assert status_counts(db_url)["dead"] == 1
+        st = ops.status(conn)
+        assert st["open_batches"] == 1 and st["oldest_open_batch_age"] >= 0
 
     stats = Relay(settings).run(until_idle=True)  # the successor recovers the batch: A and B were sent
     assert stats.fence_skipped == 2 and stats.published == 0
