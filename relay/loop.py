@@ -406,19 +406,28 @@ class Relay:
         return self._claim_new(self._ahead_db, exclude)
 
     @staticmethod
-    def _write_mark(db: psycopg.Connection[Any], mark: _Mark) -> None:
-        """The statements of one batch's mark (the caller commits): published rows, verdicts, batch closed."""
-        if mark.published:
-            db.execute(
-                sql.MARK_PUBLISHED,
-                {"ids": [m[0] for m in mark.published], "sids": [m[1] for m in mark.published],
-                 "seqs": [m[2] for m in mark.published]},
-            )  # fmt: skip
-        if mark.dead:
-            db.execute(sql.MARK_DEAD, {"ids": [m[0] for m in mark.dead], "reasons": [m[1] for m in mark.dead]})
-        if mark.failed:
-            db.execute(sql.MARK_FAILED, {"ids": [m[0] for m in mark.failed], "reasons": [m[1] for m in mark.failed]})
-        db.execute(sql.CLOSE_BATCH, (mark.batch,))
+    def _write_mark(db: psycopg.Connection[Any], mark: _Mark, *, close: bool = True, durable: bool = False) -> None:
+        """Write and commit one mark in one round trip: published rows, verdicts, and (``close``) the batch
+        closed. Not ``durable`` (synchronous_commit off) is safe for a mark that closes or only publishes:
+        one lost in a crash leaves its batch open, and the fence drops its events when it is sent again."""
+        with db.pipeline():
+            if not durable:
+                db.execute("SET LOCAL synchronous_commit = off")
+            if mark.published:
+                db.execute(
+                    sql.MARK_PUBLISHED,
+                    {"ids": [m[0] for m in mark.published], "sids": [m[1] for m in mark.published],
+                     "seqs": [m[2] for m in mark.published]},
+                )  # fmt: skip
+            if mark.dead:
+                db.execute(sql.MARK_DEAD, {"ids": [m[0] for m in mark.dead], "reasons": [m[1] for m in mark.dead]})
+            if mark.failed:
+                db.execute(
+                    sql.MARK_FAILED, {"ids": [m[0] for m in mark.failed], "reasons": [m[1] for m in mark.failed]}
+                )
+            if close:
+                db.execute(sql.CLOSE_BATCH, (mark.batch,))
+            db.commit()
 
     def _submit_mark(self, mark: _Mark, *, now: bool = False) -> None:
         """Hand a finished batch's mark to the marker thread (after the previous mark has finished), or
@@ -467,17 +476,12 @@ class Relay:
         db = self._db
         assert db is not None
         db.rollback()
-        with db.pipeline():
-            db.execute("SET LOCAL synchronous_commit = off")
-            self._write_mark(db, mark)
-            db.commit()
+        self._write_mark(db, mark)
         with self._mark_lock:
             self._unmarked.pop(mark.batch, None)
 
     def _mark_async(self, mark: _Mark) -> None:
-        """(Marker thread, own connection.) Write one mark. synchronous_commit=off is safe here (and only
-        here): a mark lost in a crash leaves its batch open, and the fence drops its events when it is sent
-        again."""
+        """(Marker thread, own connection.) Write one mark."""
         db = self._mark_db
         if db is None or db.closed or db.broken:
             db = self._mark_db = psycopg.connect(
@@ -485,10 +489,7 @@ class Relay:
                 **_KEEPALIVE,
             )  # fmt: skip
         try:
-            with db.pipeline():
-                db.execute("SET LOCAL synchronous_commit = off")
-                self._write_mark(db, mark)
-                db.commit()
+            self._write_mark(db, mark)
         except BaseException:
             with contextlib.suppress(Exception):
                 db.close()
@@ -555,15 +556,8 @@ class Relay:
             # published.
             assert self._db is not None
             self._db.rollback()
-            if mark.dead:
-                self._db.execute(
-                    sql.MARK_DEAD, {"ids": [m[0] for m in mark.dead], "reasons": [m[1] for m in mark.dead]}
-                )
-            if mark.failed:
-                self._db.execute(
-                    sql.MARK_FAILED, {"ids": [m[0] for m in mark.failed], "reasons": [m[1] for m in mark.failed]}
-                )
-            self._db.commit()
+            verdicts = _Mark(mark.batch, dead=mark.dead, failed=mark.failed)
+            self._write_mark(self._db, verdicts, close=False, durable=True)
             mark.dead, mark.failed = [], []
         try:
             self._publish(out, good, mark)
@@ -602,14 +596,7 @@ class Relay:
     def _mark_rows(db: psycopg.Connection[Any], mark: _Mark) -> None:
         """Mark the published rows of a batch that stays open (interrupted mid-way); the batch is not closed."""
         db.rollback()
-        db.execute("SET LOCAL synchronous_commit = off")
-        if mark.published:
-            db.execute(
-                sql.MARK_PUBLISHED,
-                {"ids": [m[0] for m in mark.published], "sids": [m[1] for m in mark.published],
-                 "seqs": [m[2] for m in mark.published]},
-            )  # fmt: skip
-        db.commit()
+        Relay._write_mark(db, _Mark(mark.batch, published=mark.published), close=False)
 
     def _publish(self, out: list[Outgoing], good: list[_Row], mark: _Mark) -> None:
         """Send ``out`` until all of it is known to be on the stream; fills ``mark.published`` as it goes."""

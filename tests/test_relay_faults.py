@@ -177,13 +177,14 @@ def drain(settings: Settings, timeout: float = 30.0) -> Relay:
         time.sleep(0.1)
 
 
-def terminate_relay_backends(admin_url: str, dbname: str) -> int:
-    """Cut every connection of the relay to ``dbname`` (server side); how many were cut."""
+def terminate_relay_backends(admin_url: str, dbname: str, application: str = "outbox-relay%") -> int:
+    """Cut the relay's connections to ``dbname`` whose application_name is LIKE ``application`` (server
+    side; by default all of them); how many were cut."""
     with psycopg.connect(admin_url, autocommit=True) as c:
         row = c.execute(
             "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = %s AND application_name LIKE 'outbox-relay%%' AND pid <> pg_backend_pid()",
-            (dbname,),
+            "WHERE datname = %s AND application_name LIKE %s AND pid <> pg_backend_pid()",
+            (dbname, application),
         ).fetchone()
     return int(row[0])
 
@@ -401,7 +402,7 @@ def test_marker_connection_cut_repeatedly(db_url, pg_admin_url, settings, rds, s
         writer.start()
         for _ in range(8):
             wait_for(
-                lambda: _terminate_marker(pg_admin_url, dbname) > 0 or None,
+                lambda: terminate_relay_backends(pg_admin_url, dbname, "outbox-relay-mark") > 0 or None,
                 timeout=10,
                 interval=0.005,
                 what="the marker's backend to terminate",
@@ -420,16 +421,6 @@ def test_marker_connection_cut_repeatedly(db_url, pg_admin_url, settings, rds, s
     assert stats.dead == 0 and stats.failed == 0, stats
     print(f"\n[marker cut] cuts={cut} failed marks={failed_marks} events={len(expected)} stats={stats} "
           f"fence-skipped rows={skipped}")  # fmt: skip
-
-
-def _terminate_marker(admin_url: str, dbname: str) -> int:
-    with psycopg.connect(admin_url, autocommit=True) as c:
-        row = c.execute(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = %s AND application_name = 'outbox-relay-mark'",
-            (dbname,),
-        ).fetchone()
-    return int(row[0]) if row else 0
 
 
 def open_batches(db_url: str) -> int:
