@@ -128,26 +128,17 @@ def status(
         database_url=database_url, redis_url=redis_url, stream=stream, group=group, dlq_stream=dlq_stream
     )
     try:
-        dsn = settings.require_database()
         url = settings.require_redis()
     except ConfigurationError as exc:
         err.print(f"[red]configuration error:[/] {exc}")
         raise typer.Exit(2) from None
-    try:
-        conn = psycopg.connect(dsn, connect_timeout=5, application_name="outbox-cli")
-    except psycopg.OperationalError as exc:
-        err.print(f"[red]database unavailable:[/] {str(exc).strip()}")
-        raise typer.Exit(3) from None
     client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=3)
     try:
-        with conn:
+        with _db(settings) as conn:
             data = collect(client, conn, settings)
     except redis.RedisError as exc:
         err.print(f"[red]redis unavailable:[/] {exc}")
         raise typer.Exit(3) from None
-    except psycopg.errors.UndefinedTable:
-        err.print("[red]the workflow tables are missing:[/] run `outbox migrate`")
-        raise typer.Exit(1) from None
     finally:
         client.close()
     if as_json:
@@ -202,9 +193,8 @@ _FLAGS = {
 
 
 @contextmanager
-def _db(database_url: str | None) -> Iterator[psycopg.Connection[Any]]:
+def _db(settings: WorkerSettings) -> Iterator[psycopg.Connection[Any]]:
     """A connection for one command; typed input errors, missing tables and outages become exit codes."""
-    settings = _settings(database_url=database_url)
     try:
         dsn = settings.require_database()
     except ConfigurationError as exc:
@@ -244,7 +234,7 @@ def triggers_list(
     """Triggers (of one tenant, or all), oldest first."""
     from worker.triggers import list_triggers
 
-    with _db(database_url) as conn:
+    with _db(_settings(database_url=database_url)) as conn:
         found = list_triggers(conn, tenant)
     if as_json:
         _dump([t.to_dict() for t in found])
@@ -278,7 +268,7 @@ def triggers_add(
     """Attach a trigger; prints its id. The event type must resolve for the tenant, the filter be a JSON object."""
     from worker.triggers import create_trigger
 
-    with _db(database_url) as conn:
+    with _db(_settings(database_url=database_url)) as conn:
         tr = create_trigger(conn, tenant, event_type, workflow, payload_filter=filter_, payload_schema_ref=schema_ref,
                             enabled=not disabled)  # fmt: skip
         conn.commit()
@@ -292,7 +282,7 @@ def triggers_add(
 def _toggle(trigger_id: str, database_url: str | None, enabled: bool, as_json: bool) -> None:
     from worker.triggers import disable_trigger, enable_trigger
 
-    with _db(database_url) as conn:
+    with _db(_settings(database_url=database_url)) as conn:
         tr = (enable_trigger if enabled else disable_trigger)(conn, trigger_id)
         conn.commit()
     if as_json:
@@ -318,7 +308,7 @@ def triggers_remove(trigger_id: TriggerId, database_url: DbUrl = None, as_json: 
     """Delete a trigger that has no run requests (and its skip records); one with requests: disable it."""
     from worker.triggers import remove_trigger
 
-    with _db(database_url) as conn:
+    with _db(_settings(database_url=database_url)) as conn:
         tr = remove_trigger(conn, trigger_id)
         conn.commit()
     if as_json:
@@ -342,7 +332,7 @@ def runs_list(
     """Run requests, newest first, with their claim status (pending, claimed, done, failed)."""
     from worker.runs import counts_by_status, list_runs
 
-    with _db(database_url) as conn:
+    with _db(_settings(database_url=database_url)) as conn:
         found = list_runs(conn, status=status_, tenant_id=tenant, workflow=workflow, limit=limit)
         counts = counts_by_status(conn)
     if as_json:
