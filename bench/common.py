@@ -102,7 +102,7 @@ def settle(dsn: str) -> None:
 
 def check_backlog_valid(dsn: str, sample: int = 5) -> int:
     """Validate a few filled rows with the registry (fails fast on a bad fill); returns avg payload bytes."""
-    import schemas
+    from outbox import schemas
 
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(

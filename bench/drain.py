@@ -20,8 +20,8 @@ from bench import common, raw_ceiling
 
 
 def relay_drain(dsn: str, redis_url: str, stream: str, batch_size: int) -> dict[str, Any]:
+    from outbox.relay import Relay
     from outbox.settings import load_settings
-    from relay import Relay
 
     settings = load_settings(database_url=dsn, redis_url=redis_url, stream=stream, batch_size=batch_size)
     relay = Relay(settings)

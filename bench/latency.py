@@ -210,7 +210,9 @@ def run_mode(
         OUTBOX_LOG_LEVEL="WARNING", PYTHONPATH=str(common.ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )  # fmt: skip
     log = tempfile.NamedTemporaryFile(prefix=f"bench-relay-{mode}-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "relay"], env=penv, cwd=str(common.ROOT), stdout=log, stderr=log)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "outbox.relay"], env=penv, cwd=str(common.ROOT), stdout=log, stderr=log
+    )
     out: list[dict[str, Any]] = []
     try:
         _wait(lambda: _relay_state(dsn)[0], 30, "the relay to take the lease")

@@ -45,8 +45,8 @@ def _timed(cls: Any, name: str, acc: dict[str, float], key: str) -> Iterator[Non
 
 
 def _relay(dsn: str, redis_url: str, stream: str, batch_size: int) -> Any:
+    from outbox.relay import Relay
     from outbox.settings import load_settings
-    from relay import Relay
 
     return Relay(load_settings(database_url=dsn, redis_url=redis_url, stream=stream, batch_size=batch_size))
 
@@ -56,8 +56,8 @@ def phases(env: common.Env, rows: int, batch_size: int) -> dict[str, Any]:
     publish + rest) and everything else (synchronous claims, waiting for a claim made ahead on
     another thread, renew, prune). Claim round trips are also timed on whichever thread runs them
     (``claim_any_thread``): when the relay claims ahead they overlap the main thread."""
-    from relay.loop import Relay
-    from relay.publisher import RedisStreamPublisher
+    from outbox.relay.loop import Relay
+    from outbox.relay.publisher import RedisStreamPublisher
 
     dsn = env.new_database("profile")
     common.fill_backlog(dsn, rows)

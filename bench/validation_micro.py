@@ -51,9 +51,9 @@ def main() -> None:
 
     import pydantic_core
 
-    import schemas
-    from schemas.base import UUID_PATTERN
-    from schemas.tickets import TicketCreatedV1
+    from outbox import schemas
+    from outbox.schemas.base import UUID_PATTERN
+    from outbox.schemas.tickets import TicketCreatedV1
 
     text = payload_text()
     reg = schemas.registry

@@ -96,7 +96,7 @@ def fill_stream(r: redis.Redis, stream: str, n: int, tenants: list[str]) -> floa
 
 
 def add_triggers(dsn: str, tenants: list[str], per_tenant: int) -> None:
-    from worker.triggers import add_trigger
+    from outbox.worker.triggers import add_trigger
 
     filters: list[dict[str, Any] | None] = [
         None,
@@ -165,7 +165,7 @@ def main() -> int:
             )  # fmt: skip
             started = time.perf_counter()
             for _ in range(args.workers):
-                procs.append(subprocess.Popen([sys.executable, "-m", "worker"], env=env, cwd=ROOT))
+                procs.append(subprocess.Popen([sys.executable, "-m", "outbox.worker"], env=env, cwd=ROOT))
             deadline = time.monotonic() + 1800
             while True:
                 lag, pend = group_state(r, stream, group)

@@ -7,15 +7,15 @@ own catalogs, schema resolution (tenant first, then system), and an AsyncAPI 3.0
 
 from __future__ import annotations
 
-from catalog.asyncapi import asyncapi_document
-from catalog.resolve import (
+from outbox.catalog.asyncapi import asyncapi_document
+from outbox.catalog.resolve import (
     EventTypeNotInCatalog,
     Resolved,
     register_tenant_event,
     resolve_schema,
     unregister_tenant_event,
 )
-from catalog.sync import SyncReport, sync_system_catalog
+from outbox.catalog.sync import SyncReport, sync_system_catalog
 
 __all__ = [
     "EventTypeNotInCatalog",

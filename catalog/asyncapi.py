@@ -6,7 +6,7 @@ import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from schemas.registry import EventType, Registry
+from outbox.schemas.registry import EventType, Registry
 
 ASYNCAPI_VERSION = "3.0.0"
 DEFAULT_STREAM = "workflow:events:global"
@@ -64,7 +64,7 @@ def example_payload(event_type: str, registry: Registry | None = None) -> dict[s
     try:
         import importlib
 
-        simulate = importlib.import_module("schemas.simulate")
+        simulate = importlib.import_module("outbox.schemas.simulate")
     except ImportError:
         return None
     build: Callable[..., Any] | None = getattr(simulate, "example", None)
@@ -143,7 +143,7 @@ def asyncapi_document(
     """The AsyncAPI 3.0.0 document (a JSON-able dict) of ``stream``: every event type of ``registry``
     (default ``schemas.registry``; ``system_only`` keeps the system-catalog types), sent by the relay."""
     if registry is None:
-        from schemas import registry as default
+        from outbox.schemas import registry as default
 
         registry = default
     entries = sorted(
@@ -189,6 +189,6 @@ def asyncapi_document(
 
 
 def _schema_of(ref: str) -> dict[str, Any]:
-    from schemas import json_schema
+    from outbox.schemas import json_schema
 
     return json_schema(ref)

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.registry import EventType
+from outbox.schemas.registry import EventType
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from typing import Any, Literal
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
-from catalog import sql
-from catalog.sync import driver_connection
+from outbox.catalog import sql
+from outbox.catalog.sync import driver_connection
 
 
 class EventTypeNotInCatalog(LookupError):
@@ -37,7 +37,7 @@ class Resolved:
         if self.schema is not None:
             return self.schema
         assert self.ref is not None
-        from schemas import registry
+        from outbox.schemas import registry
 
         return registry.json_schema(self.ref)
 

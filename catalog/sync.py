@@ -10,8 +10,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import tuple_row
 
-from catalog import sql
-from schemas.registry import EventType
+from outbox.catalog import sql
+from outbox.schemas.registry import EventType
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def driver_connection(conn: Any) -> psycopg.Connection[Any]:
 def system_entries(registry: Iterable[EventType] | None = None) -> list[EventType]:
     """The registry entries that belong in the system catalog (``in_system_catalog``), by event type."""
     if registry is None:
-        from schemas import registry as default
+        from outbox.schemas import registry as default
 
         registry = default
     return sorted((e for e in registry if e.in_system_catalog), key=lambda e: e.event_type)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from migrations import VERSION_TABLE
+from outbox.migrations import VERSION_TABLE
 
 config = context.config
 url = config.get_main_option("sqlalchemy.url")

@@ -6,7 +6,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, pool
 
-import migrations
+from outbox import migrations
 from outbox.settings import sqlalchemy_url
 
 

@@ -11,10 +11,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-import schemas
-from outbox import sql
+from outbox import schemas, sql
 from outbox.errors import OutboxError, TenantMismatch
-from schemas.registry import Registry
+from outbox.schemas.registry import Registry
 
 FAILED_STATUSES = ("dead", "failed")
 

@@ -21,8 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
 from sqlalchemy.ext.asyncio import AsyncSession as SAAsyncSession
 from sqlalchemy.orm import Session as SASession
 
-import schemas
-from outbox import sql
+from outbox import schemas, sql
 from outbox.errors import (
     DuplicateEvent,
     FieldError,

@@ -1,5 +1,5 @@
 """``python -m outboxctl``."""
 
-from outboxctl.main import main
+from outbox.cli.main import main
 
 raise SystemExit(main())

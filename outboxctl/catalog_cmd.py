@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from catalog.asyncapi import DEFAULT_STREAM
+from outbox.catalog.asyncapi import DEFAULT_STREAM
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 err = Console(stderr=True)
@@ -30,7 +30,7 @@ def _dump(data: Any) -> None:
 
 
 def _entry(event_type: str) -> Any:
-    from schemas import registry
+    from outbox.schemas import registry
 
     if registry.has_event_type(event_type):
         return registry.event_type(event_type)
@@ -49,8 +49,8 @@ def list_(
     as_json: AsJson = False,
 ) -> None:
     """Event types of the catalog from the code registry (no database needed)."""
-    from catalog.describe import list_rows
-    from schemas import registry
+    from outbox.catalog.describe import list_rows
+    from outbox.schemas import registry
 
     rows = list_rows((e for e in registry if all_ or e.in_system_catalog), category)
     if as_json:
@@ -69,9 +69,9 @@ def show(
     as_json: AsJson = False,
 ) -> None:
     """Name, category, description, contract ref, payload fields, overlaps and an example payload of TYPE."""
-    from catalog.asyncapi import example_payload
-    from catalog.describe import fields_of
-    from schemas import registry
+    from outbox.catalog.asyncapi import example_payload
+    from outbox.catalog.describe import fields_of
+    from outbox.schemas import registry
 
     e = _entry(event_type)
     schema = registry.json_schema(e.ref)
@@ -134,8 +134,8 @@ def sync(
     """Upsert the code registry's catalog types into system_event_catalog (idempotent)."""
     import psycopg
 
-    from catalog.sync import sync_system_catalog
-    from outboxctl.main import _connect, _settings
+    from outbox.catalog.sync import sync_system_catalog
+    from outbox.cli.main import _connect, _settings
 
     with _connect(_settings(database_url=database_url)) as conn:
         try:
@@ -172,7 +172,7 @@ def export(
     examples: Annotated[bool, typer.Option("--examples/--no-examples", help="Example payloads if available")] = True,
 ) -> None:
     """Export the event catalog as a document (AsyncAPI 3.0.0 of the global stream)."""
-    from catalog.asyncapi import asyncapi_document
+    from outbox.catalog.asyncapi import asyncapi_document
 
     if format_.lower() != "asyncapi":
         err.print(f"[red]unknown format[/] {escape(format_)!s}: the only format is asyncapi")

@@ -160,7 +160,7 @@ def run_demo(
         # The relay runs as its own process, as in production (and off the writers' GIL).
         env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
         env.update({"OUTBOX_" + k.upper(): str(v) for k, v in settings.model_dump().items() if v is not None})
-        relay = subprocess.Popen([sys.executable, "-m", "relay"], env=env)
+        relay = subprocess.Popen([sys.executable, "-m", "outbox.relay"], env=env)
         with psycopg.connect(dsn, autocommit=True) as c:
             deadline = time.monotonic() + 30
             while not c.execute("SELECT lease_until > now() FROM outbox_relay").fetchone()[0]:  # type: ignore[index]

@@ -16,9 +16,9 @@ from rich.table import Table
 
 from outbox import migrate as migrations
 from outbox import ops
+from outbox.cli import catalog_cmd, schemas_cmd, simulate_cmd, worker_cmd
 from outbox.errors import ConfigurationError, OutboxError
 from outbox.settings import Settings, load_settings
-from outboxctl import catalog_cmd, schemas_cmd, simulate_cmd, worker_cmd
 
 app = typer.Typer(
     help="Transactional outbox: migrate, run the relay, inspect and replay.",
@@ -86,7 +86,7 @@ def migrate(
         raise typer.Exit(1) from None
     # The catalog migration fills the system catalog once; later releases change the code registry,
     # so every migrate also brings the system catalog up to date (idempotent).
-    from catalog.sync import sync_system_catalog
+    from outbox.catalog.sync import sync_system_catalog
 
     with _connect(settings) as conn:
         report = sync_system_catalog(conn)
@@ -116,7 +116,7 @@ def relay(
     once: Annotated[bool, typer.Option("--once", help="Drain what is pending, then exit")] = False,
 ) -> None:
     """Run the relay daemon until SIGTERM/SIGINT."""
-    from relay.cli import serve
+    from outbox.relay.cli import serve
 
     settings = _settings(
         database_url=database_url, redis_url=redis_url, stream=stream, batch_size=batch_size, wake=wake,
@@ -263,7 +263,7 @@ def demo(
     redis_url: RedisUrl = None,
 ) -> None:
     """Start throwaway Postgres+Redis (unless URLs are set), run a realistic burst, relay it and check it."""
-    from outboxctl.demo import run_demo
+    from outbox.cli.demo import run_demo
 
     raise typer.Exit(run_demo(transactions=transactions, writers=writers, database_url=database_url,
                               redis_url=redis_url, console=out))  # fmt: skip

@@ -10,10 +10,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-import schemas
-from schemas.compat import DEFAULT_MODE, BaselineError, Mode, check, combine, load_dir, load_git, new_refs
-from schemas.export import DEFAULT_DIR, check_fresh, export_all
-from schemas.registry import Registry
+from outbox import schemas
+from outbox.schemas.compat import DEFAULT_MODE, BaselineError, Mode, check, combine, load_dir, load_git, new_refs
+from outbox.schemas.export import DEFAULT_DIR, check_fresh, export_all
+from outbox.schemas.registry import Registry
 
 app = typer.Typer(no_args_is_help=True, add_completion=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

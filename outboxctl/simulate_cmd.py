@@ -9,9 +9,9 @@ from typing import Annotated, Any, cast
 
 import typer
 
-import schemas
+from outbox import schemas
 from outbox.errors import ConfigurationError, OutboxError, PayloadValidationError, UnknownEventType
-from schemas import simulate as sim
+from outbox.schemas import simulate as sim
 
 DbUrl = Annotated[
     str | None,

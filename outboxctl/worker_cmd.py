@@ -21,9 +21,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from outbox.errors import ConfigurationError
-from worker import sql
-from worker.errors import InvalidRunStatus, InvalidTrigger, WorkerInputError
-from worker.settings import WorkerSettings, load_worker_settings
+from outbox.worker import sql
+from outbox.worker.errors import InvalidRunStatus, InvalidTrigger, WorkerInputError
+from outbox.worker.settings import WorkerSettings, load_worker_settings
 
 app = typer.Typer(
     help="Workflow worker: ingest the stream, start runs for matching triggers. `status` reports on it.",
@@ -95,7 +95,7 @@ def run(
     """Run the workflow worker until SIGTERM/SIGINT (finishes the entries in hand, exits 0)."""
     if ctx.invoked_subcommand is not None:
         return
-    from worker.cli import serve
+    from outbox.worker.cli import serve
 
     settings = _settings(
         database_url=database_url, redis_url=redis_url, stream=stream, group=group, dlq_stream=dlq_stream,
@@ -122,7 +122,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout")] = False,
 ) -> None:
     """Group lag, pending entries per consumer, DLQ length, events ingested and runs started (per tenant)."""
-    from worker.status import status as collect
+    from outbox.worker.status import status as collect
 
     settings = _settings(
         database_url=database_url, redis_url=redis_url, stream=stream, group=group, dlq_stream=dlq_stream
@@ -232,7 +232,7 @@ def triggers_list(
     as_json: AsJson = False,
 ) -> None:
     """Triggers (of one tenant, or all), oldest first."""
-    from worker.triggers import list_triggers
+    from outbox.worker.triggers import list_triggers
 
     with _db(_settings(database_url=database_url)) as conn:
         found = list_triggers(conn, tenant)
@@ -266,7 +266,7 @@ def triggers_add(
     as_json: AsJson = False,
 ) -> None:
     """Attach a trigger; prints its id. The event type must resolve for the tenant, the filter be a JSON object."""
-    from worker.triggers import create_trigger
+    from outbox.worker.triggers import create_trigger
 
     with _db(_settings(database_url=database_url)) as conn:
         tr = create_trigger(conn, tenant, event_type, workflow, payload_filter=filter_, payload_schema_ref=schema_ref,
@@ -280,7 +280,7 @@ def triggers_add(
 
 
 def _toggle(trigger_id: str, database_url: str | None, enabled: bool, as_json: bool) -> None:
-    from worker.triggers import disable_trigger, enable_trigger
+    from outbox.worker.triggers import disable_trigger, enable_trigger
 
     with _db(_settings(database_url=database_url)) as conn:
         tr = (enable_trigger if enabled else disable_trigger)(conn, trigger_id)
@@ -306,7 +306,7 @@ def triggers_disable(trigger_id: TriggerId, database_url: DbUrl = None, as_json:
 @triggers_app.command("remove")
 def triggers_remove(trigger_id: TriggerId, database_url: DbUrl = None, as_json: AsJson = False) -> None:
     """Delete a trigger that has no run requests (and its skip records); one with requests: disable it."""
-    from worker.triggers import remove_trigger
+    from outbox.worker.triggers import remove_trigger
 
     with _db(_settings(database_url=database_url)) as conn:
         tr = remove_trigger(conn, trigger_id)
@@ -330,7 +330,7 @@ def runs_list(
     as_json: AsJson = False,
 ) -> None:
     """Run requests, newest first, with their claim status (pending, claimed, done, failed)."""
-    from worker.runs import counts_by_status, list_runs
+    from outbox.worker.runs import counts_by_status, list_runs
 
     with _db(_settings(database_url=database_url)) as conn:
         found = list_runs(conn, status=status_, tenant_id=tenant, workflow=workflow, limit=limit)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.loop import Relay, RelayStats
-from relay.publisher import Outgoing, Publisher, PublishResult, RedisStreamPublisher, fence_key
+from outbox.relay.loop import Relay, RelayStats
+from outbox.relay.publisher import Outgoing, Publisher, PublishResult, RedisStreamPublisher, fence_key
 
 __all__ = ["Outgoing", "PublishResult", "Publisher", "RedisStreamPublisher", "Relay", "RelayStats", "fence_key"]

@@ -18,6 +18,6 @@ def _remember(signum: int, _frame: FrameType | None) -> None:
 signal.signal(signal.SIGTERM, _remember)
 signal.signal(signal.SIGINT, _remember)
 
-from relay.cli import main  # noqa: E402 - after the handlers on purpose
+from outbox.relay.cli import main  # noqa: E402 - after the handlers on purpose
 
 sys.exit(main(early_signals=_early))

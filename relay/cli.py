@@ -8,10 +8,10 @@ import sys
 from types import FrameType
 
 from outbox.errors import ConfigurationError
+from outbox.relay.loop import Relay
 from outbox.settings import Settings, load_settings
-from relay.loop import Relay
 
-log = logging.getLogger("relay")
+log = logging.getLogger("outbox.relay")
 
 
 def serve(settings: Settings, *, once: bool = False, early_signals: list[int] | None = None) -> int:

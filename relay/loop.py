@@ -17,16 +17,15 @@ from typing import Any
 
 import psycopg
 
-import schemas
-from outbox import wire
+from outbox import schemas, wire
 from outbox.errors import BrokerError, OutboxError, PayloadTooLarge, TenantMismatch
+from outbox.relay import metrics, sql
+from outbox.relay.publisher import Outgoing, Publisher, RedisStreamPublisher, fence_key
+from outbox.schemas.registry import Registry
 from outbox.settings import Settings
 from outbox.sql import NOTIFY_CHANNEL
-from relay import metrics, sql
-from relay.publisher import Outgoing, Publisher, RedisStreamPublisher, fence_key
-from schemas.registry import Registry
 
-log = logging.getLogger("relay")
+log = logging.getLogger("outbox.relay")
 
 # TCP keepalives on every relay connection: a peer that vanished (black-holed network, frozen host) is
 # noticed within ~25 s instead of never, so no thread waits forever on a reply (ignored on Unix sockets).

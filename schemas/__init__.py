@@ -9,12 +9,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from schemas._modules import MODULES
-from schemas.registry import EventType, Registry, pascal_case, payload_ref
+from outbox.schemas._modules import MODULES
+from outbox.schemas.registry import EventType, Registry, pascal_case, payload_ref
 
 registry = Registry()
 for _name in MODULES:
-    for _entry in importlib.import_module(f"schemas.{_name}").EVENTS:
+    for _entry in importlib.import_module(f"outbox.schemas.{_name}").EVENTS:
         registry.add(_entry)
 
 

@@ -52,8 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from outbox.errors import OutboxError
-from schemas.export import DEFAULT_DIR, INDEX, ref_of
-from schemas.registry import REF_RE, Registry
+from outbox.schemas.export import DEFAULT_DIR, INDEX, ref_of
+from outbox.schemas.registry import REF_RE, Registry
 
 Schema = Any  # a JSON Schema: dict, or True/False
 

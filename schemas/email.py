@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from schemas.base import Email, NonEmptyStr, Opt, Payload, Shape, UtcDateTime, Uuid
-from schemas.registry import EventType
+from outbox.schemas.base import Email, NonEmptyStr, Opt, Payload, Shape, UtcDateTime, Uuid
+from outbox.schemas.registry import EventType
 
 
 class InboundEmailReplyReceivedV1(Payload):

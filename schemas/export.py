@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from schemas.registry import REF_RE, Registry
+from outbox.schemas.registry import REF_RE, Registry
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "json"
 INDEX = "index.json"

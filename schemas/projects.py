@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from schemas.base import NonEmptyStr, Opt, Payload, Shape, UtcDateTime, Uuid
-from schemas.registry import EventType
+from outbox.schemas.base import NonEmptyStr, Opt, Payload, Shape, UtcDateTime, Uuid
+from outbox.schemas.registry import EventType
 
 
 class ProjectUpdatedV1ChangesValue(Shape):

@@ -62,7 +62,7 @@ class EventType:
 
 
 def _pattern_reasons() -> dict[str, str]:
-    from schemas.base import _DECIMAL_RE, EMAIL_PATTERN, UTC_PATTERN, UUID_PATTERN
+    from outbox.schemas.base import _DECIMAL_RE, EMAIL_PATTERN, UTC_PATTERN, UUID_PATTERN
 
     return {
         UUID_PATTERN: "must be a UUID (8-4-4-4-12 hex digits)",

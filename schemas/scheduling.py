@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from schemas.base import NonEmptyStr, Opt, Payload, UtcDateTime, Uuid
-from schemas.registry import EventType
+from outbox.schemas.base import NonEmptyStr, Opt, Payload, UtcDateTime, Uuid
+from outbox.schemas.registry import EventType
 
 
 class AppointmentCreatedV1(Payload):

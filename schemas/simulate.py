@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-import schemas
+from outbox import schemas
 from outbox.errors import PayloadValidationError
-from schemas.registry import EventType, Registry
+from outbox.schemas.registry import EventType, Registry
 
 OptionalMode = Literal["some", "all", "none"]
 DEFAULT_TENANT = "7f3c9d2e-1a4b-4c8d-9e0f-5a6b7c8d9e01"

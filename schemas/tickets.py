@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from schemas.base import NonEmptyStr, Opt, Payload, Shape, UtcDateTime, Uuid
-from schemas.registry import EventType
+from outbox.schemas.base import NonEmptyStr, Opt, Payload, Shape, UtcDateTime, Uuid
+from outbox.schemas.registry import EventType
 
 
 class TicketStatusChangedV1(Payload):

@@ -26,8 +26,8 @@ from pytest_postgresql.janitor import DatabaseJanitor
 
 from outbox import migrate
 from outbox.embedded import PostgresServer, RedisServer
+from outbox.relay import Relay
 from outbox.settings import Settings, load_settings
-from relay import Relay
 
 # Tests must not pick up a developer's own outbox configuration.
 for _k in list(os.environ):
@@ -182,7 +182,7 @@ def relay_env(settings: Settings) -> dict[str, str]:
 def spawn_relay(settings: Settings, *extra: str) -> subprocess.Popen[bytes]:
     """Start ``python -m relay`` as a child process with these settings."""
     return subprocess.Popen(
-        [sys.executable, "-m", "relay", *extra],
+        [sys.executable, "-m", "outbox.relay", *extra],
         env=relay_env(settings),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -15,8 +15,8 @@ from alembic import command
 from psycopg.rows import dict_row
 from sqlalchemy import create_engine, pool
 
-import schemas
-from catalog import (
+from outbox import migrate, schemas
+from outbox.catalog import (
     EventTypeNotInCatalog,
     asyncapi_document,
     register_tenant_event,
@@ -24,14 +24,13 @@ from catalog import (
     sync_system_catalog,
     unregister_tenant_event,
 )
-from catalog.asyncapi import hoist_defs
-from outbox import migrate
+from outbox.catalog.asyncapi import hoist_defs
+from outbox.schemas.registry import Registry
 from outbox.settings import sqlalchemy_url
-from schemas.registry import Registry
 from tests.conftest import ROOT, db_url_for
 from tests.test_cli_config import run_cli
 
-FACTS = Path(ROOT).parent / "shared/catalog/events.json"
+FACTS = Path(ROOT) / "tools" / "catalog-facts" / "events.json"
 
 
 def _facts() -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) 
     base["COLUMNS"] = "200"
     base.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "outboxctl", *args], env=base, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "outbox.cli", *args], env=base, capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -48,7 +48,7 @@ def test_malformed_setting_names_the_variable(var, value, needle):
 
 def test_missing_settings_fail_at_start_naming_the_variable():
     res = subprocess.run(
-        [sys.executable, "-m", "relay"],
+        [sys.executable, "-m", "outbox.relay"],
         env={"PATH": os.environ["PATH"], "PYTHONPATH": ROOT},
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip

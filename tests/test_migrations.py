@@ -11,8 +11,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, pool
 
-import migrations
-from outbox import migrate
+from outbox import migrate, migrations
 from outbox.settings import sqlalchemy_url
 from tests.conftest import db_url_for
 

@@ -25,7 +25,6 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
 import outbox
-import schemas
 from outbox import (
     Actor,
     DuplicateEvent,
@@ -38,12 +37,13 @@ from outbox import (
     RecordError,
     TenantMismatch,
     UnknownEventType,
+    schemas,
 )
 from outbox.errors import InvalidArgument, UnsupportedConnection
 from outbox.record import DEFAULT_MAX_PAYLOAD_BYTES
+from outbox.schemas.tickets import TicketCreatedLegacy, TicketCreatedV1, TicketStatusChangedV1
 from outbox.settings import sqlalchemy_url
 from outbox.sql import NOTIFY_CHANNEL
-from schemas.tickets import TicketCreatedLegacy, TicketCreatedV1, TicketStatusChangedV1
 
 TENANT = "tenant-a"
 USER = "6f1c1d7e-3a52-4c1b-9a43-0d6f3c1f2a11"

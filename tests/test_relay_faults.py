@@ -30,8 +30,8 @@ import redis
 import outbox
 from outbox import migrate
 from outbox.embedded import PostgresServer, RedisServer
+from outbox.relay import Relay
 from outbox.settings import Settings
-from relay import Relay
 from tests.conftest import make_settings, relay_thread, spawn_relay, status_counts, wait_for
 
 TENANT = "t1"
@@ -396,7 +396,7 @@ def test_marker_connection_cut_repeatedly(db_url, pg_admin_url, settings, rds, s
     dbname = urlsplit(db_url).path.lstrip("/")
     backlog = set(write_events(db_url, 3000))
     writer = Writer(db_url, chunk=10, pause=0.005)
-    caplog.set_level("WARNING", logger="relay")
+    caplog.set_level("WARNING", logger="outbox.relay")
     cut = 0
     with relay_thread(settings.model_copy(update={"batch_size": 100})) as relay:
         writer.start()

@@ -9,7 +9,7 @@ import psycopg
 
 import outbox
 from outbox import ops
-from relay import Relay
+from outbox.relay import Relay
 from tests.conftest import status_counts, stream_entries
 
 TICKET_PAYLOAD = {"previousStatusId": "open", "newStatusId": "closed"}
@@ -171,8 +171,8 @@ def test_dead_row_in_an_open_batch_is_not_replayed_until_the_batch_closes(settin
     the successor's recovery would take P (position below the fence) for sent. So replay leaves it until
     the batch is closed, and P then goes out once with a fresh position."""
     from outbox import wire
-    from relay import sql as relay_sql
-    from relay.publisher import Outgoing, RedisStreamPublisher, fence_key
+    from outbox.relay import sql as relay_sql
+    from outbox.relay.publisher import Outgoing, RedisStreamPublisher, fence_key
 
     fixed = {"tenantId": "t1", "occurredAt": "2026-11-25T10:00:00Z", "ticketId": str(uuid.uuid4()), **TICKET_PAYLOAD}
     with psycopg.connect(db_url) as conn:

@@ -15,9 +15,9 @@ from typing import Any, Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-import schemas
-from schemas.base import Opt, Payload, Shape, Uuid
-from schemas.compat import (
+from outbox import schemas
+from outbox.schemas.base import Opt, Payload, Shape, Uuid
+from outbox.schemas.compat import (
     BACKWARD,
     FORWARD,
     Baseline,
@@ -29,10 +29,10 @@ from schemas.compat import (
     load_git,
     next_ref,
 )
-from schemas.export import DEFAULT_DIR, INDEX, check_fresh, dumps, export_all, render_all
-from schemas.legacy import TicketCommentAddedLegacy, TicketCommentAddedLegacyComment
-from schemas.registry import Registry
-from schemas.tickets import TicketAssignedV1, TicketAssignedV1ChangesValue, TicketSplitV1, TicketUnassignedV1
+from outbox.schemas.export import DEFAULT_DIR, INDEX, check_fresh, dumps, export_all, render_all
+from outbox.schemas.legacy import TicketCommentAddedLegacy, TicketCommentAddedLegacyComment
+from outbox.schemas.registry import Registry
+from outbox.schemas.tickets import TicketAssignedV1, TicketAssignedV1ChangesValue, TicketSplitV1, TicketUnassignedV1
 from tests.conftest import ROOT
 
 UNASSIGNED = "payload.TicketUnassigned.v1"
@@ -256,7 +256,7 @@ def test_format_tightened_breaks_backward_and_loosened_breaks_forward():
         ("previousAssigneeId", "format loosened: uuid -> none")
     }
     # string -> date-time also adds the 'Z$' pattern of UtcDateTime: both are reported
-    from schemas.base import Email, UtcDateTime
+    from outbox.schemas.base import Email, UtcDateTime
 
     assert found(
         gate(UNASSIGNED, new=variant(TicketUnassignedV1, reason=(Opt[UtcDateTime], None)), mode=Mode.FULL)
@@ -424,7 +424,7 @@ def test_git_baseline_reads_the_committed_files():
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
     return subprocess.run(
-        [sys.executable, "-m", "outboxctl", "schemas", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "outbox.cli", "schemas", *args], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=120,
     )  # fmt: skip
 

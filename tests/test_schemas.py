@@ -1,4 +1,4 @@
-"""The registry against the catalog facts (../shared/catalog/events.json) and the generated modules."""
+"""The registry against the catalog facts (tools/catalog-facts/events.json) and the generated modules."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-import schemas
+from outbox import schemas
 from outbox.errors import PayloadValidationError, UnknownEventType
-from schemas.base import UTC_PATTERN
-from schemas.registry import payload_ref
+from outbox.schemas.base import UTC_PATTERN
+from outbox.schemas.registry import payload_ref
 from tests.conftest import ROOT
 
-FACTS = Path(ROOT).parent / "shared" / "catalog" / "events.json"
-EVENTS = json.loads(FACTS.read_text())["events"] if FACTS.exists() else []
+FACTS = Path(ROOT) / "tools" / "catalog-facts" / "events.json"
+EVENTS = json.loads(FACTS.read_text())["events"]
 
 
 def test_facts_file_is_present():

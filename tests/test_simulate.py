@@ -16,18 +16,18 @@ import psycopg
 import pytest
 
 import outbox
-import schemas
+from outbox import schemas
 from outbox.errors import PayloadValidationError, UnknownEventType
-from relay import Relay
-from schemas import simulate as sim
+from outbox.relay import Relay
+from outbox.schemas import simulate as sim
 from tests.conftest import ROOT, stream_entries
 
 ALL_TYPES = [e.event_type for e in schemas.registry]
 BUS_CATALOG_TYPES = [e.event_type for e in schemas.registry if e.kind != "legacy-bus"]
 UNION_TYPES = [e.event_type for e in schemas.registry if e.legacy_model is not None]
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-FACTS_FILE = Path(ROOT).parent / "shared" / "catalog" / "events.json"
-FACTS = {e["event_type"]: e for e in json.loads(FACTS_FILE.read_text())["events"]} if FACTS_FILE.exists() else {}
+FACTS_FILE = Path(ROOT) / "tools" / "catalog-facts" / "events.json"
+FACTS = {e["event_type"]: e for e in json.loads(FACTS_FILE.read_text())["events"]}
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -36,7 +36,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) 
     base["COLUMNS"] = "200"
     base.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "outboxctl", *args], env=base, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "outbox.cli", *args], env=base, capture_output=True, text=True, timeout=timeout
     )
 
 

@@ -27,15 +27,15 @@ import redis
 from typer.testing import CliRunner
 
 import outbox
-from catalog import register_tenant_event
 from outbox import wire
+from outbox.catalog import register_tenant_event
+from outbox.cli.main import app as cli_app
 from outbox.embedded import RedisServer
 from outbox.errors import ConfigurationError
-from outboxctl.main import app as cli_app
+from outbox.worker import Worker, WorkerSettings, add_trigger, load_worker_settings, set_enabled
+from outbox.worker.settings import env_name
+from outbox.worker.status import _count_after, stream_status
 from tests.conftest import ROOT, relay_thread, stream_entries, wait_for
-from worker import Worker, WorkerSettings, add_trigger, load_worker_settings, set_enabled
-from worker.settings import env_name
-from worker.status import _count_after, stream_status
 
 STATUS = "TICKET_STATUS_CHANGED"
 STATUS_REF = "payload.TicketStatusChanged.v1"
@@ -104,7 +104,7 @@ def worker_env(settings: WorkerSettings, **extra: str) -> dict[str, str]:
 
 def spawn_worker(settings: WorkerSettings, log: Path, *args: str, **extra: str) -> subprocess.Popen[bytes]:
     """``python -m worker`` (or ``python -m outboxctl worker`` with args) as a child, stderr to ``log``."""
-    cmd = [sys.executable, "-m", "outboxctl", "worker", *args] if args else [sys.executable, "-m", "worker"]
+    cmd = [sys.executable, "-m", "outbox.cli", "worker", *args] if args else [sys.executable, "-m", "outbox.worker"]
     with open(log, "wb") as fh:
         return subprocess.Popen(cmd, env=worker_env(settings, **extra), stdout=subprocess.DEVNULL, stderr=fh, cwd=ROOT)
 
@@ -642,7 +642,7 @@ def test_status_json(ws, rds, stream, db_url, tmp_path):
     def status(*extra: str, subprocess_: bool = False) -> dict[str, Any]:
         args = ["worker", "status", "--json", *extra]
         if subprocess_:  # the real console entry point once
-            done = subprocess.run([sys.executable, "-m", "outboxctl", *args], env=worker_env(ws), capture_output=True,
+            done = subprocess.run([sys.executable, "-m", "outbox.cli", *args], env=worker_env(ws), capture_output=True,
                                   cwd=ROOT, timeout=60)  # fmt: skip
             assert done.returncode == 0, done.stderr.decode()
             return dict(json.loads(done.stdout))
@@ -692,6 +692,6 @@ def test_configuration_errors_name_the_variable(monkeypatch):
     assert result.exit_code == 2 and "OUTBOX_WORKER_START_ID" in result.output
     with pytest.raises(ConfigurationError, match="OUTBOX_REDIS_URL"):
         load_worker_settings(database_url="postgresql://x/y", redis_url="http://nope")
-    from worker.cli import main as worker_main
+    from outbox.worker.cli import main as worker_main
 
     assert worker_main(["--bogus"]) == 2

@@ -24,28 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, pool
 from typer.testing import CliRunner
 
-from catalog import register_tenant_event
 from outbox import migrate
+from outbox.catalog import register_tenant_event
+from outbox.cli.main import app as cli_app
 from outbox.errors import ConfigurationError
 from outbox.settings import sqlalchemy_url
-from outboxctl.main import app as cli_app
-from tests.conftest import wait_for
-from tests.test_worker import (
-    STATUS,
-    count,
-    drained,
-    entry,
-    pending,
-    q,
-    spawn_worker,
-    status_payload,
-    trigger,
-    worker_env,
-    worker_thread,
-    wsettings,
-    xadd_all,
-)
-from worker import (
+from outbox.worker import (
     InvalidRunStatus,
     InvalidTrigger,
     InvalidTriggerFilter,
@@ -71,7 +55,23 @@ from worker import (
     remove_trigger,
     requeue_stale,
 )
-from worker.runs import counts_by_status
+from outbox.worker.runs import counts_by_status
+from tests.conftest import wait_for
+from tests.test_worker import (
+    STATUS,
+    count,
+    drained,
+    entry,
+    pending,
+    q,
+    spawn_worker,
+    status_payload,
+    trigger,
+    worker_env,
+    worker_thread,
+    wsettings,
+    xadd_all,
+)
 
 # ---- helpers -------------------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Usage: python tools/gen_schemas.py [path/to/events.json]
 
-The facts file (``../shared/catalog/events.json``) describes each event type's payload fields in a
+The facts file (``tools/catalog-facts/events.json``, the project's copy) describes each event type's payload fields in a
 small type language; this script turns each into a pydantic model class, one module per domain,
 plus ``schemas/legacy.py`` for the older bus-only types. Descriptions come from
 ``tools/event_descriptions.json`` (our own wording). Re-running is deterministic; a test checks the
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-FACTS = ROOT.parent / "shared" / "catalog" / "events.json"
+FACTS = ROOT / "tools" / "catalog-facts" / "events.json"
 RESERVED = {"schema", "json", "copy", "dict", "fields", "construct", "validate", "model_config", "register"}
 
 
@@ -166,8 +166,8 @@ def render(module: str, events: list[dict[str, Any]], descriptions: dict[str, st
     if any("Field(" in c for c in w.classes):
         head.append("from pydantic import Field")
         head.append("")
-    head.append(f"from schemas.base import {', '.join(names)}")
-    head.append("from schemas.registry import EventType")
+    head.append(f"from outbox.schemas.base import {', '.join(names)}")
+    head.append("from outbox.schemas.registry import EventType")
     head.append("")
     text = "\n".join(head) + "\n\n" + "\n\n\n".join(w.classes) + "\n\n\nEVENTS: list[EventType] = [\n"
     text += "\n".join(entries) + "\n]\n"

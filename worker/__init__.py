@@ -9,8 +9,8 @@ dead-letter stream and runs requested; ``outbox worker triggers ...`` manages tr
 
 from __future__ import annotations
 
-from worker.consumer import Worker, WorkerStats
-from worker.errors import (
+from outbox.worker.consumer import Worker, WorkerStats
+from outbox.worker.errors import (
     InvalidRunStatus,
     InvalidTrigger,
     InvalidTriggerFilter,
@@ -21,11 +21,11 @@ from worker.errors import (
     UnknownTriggerEventType,
     WorkerInputError,
 )
-from worker.metrics import WorkerMetrics
-from worker.runs import RunRequest, claim, complete, fail, list_runs, requeue_stale
-from worker.settings import DEFAULT_GROUP, WorkerSettings, load_worker_settings
-from worker.status import status
-from worker.triggers import (
+from outbox.worker.metrics import WorkerMetrics
+from outbox.worker.runs import RunRequest, claim, complete, fail, list_runs, requeue_stale
+from outbox.worker.settings import DEFAULT_GROUP, WorkerSettings, load_worker_settings
+from outbox.worker.status import status
+from outbox.worker.triggers import (
     Trigger,
     add_trigger,
     check_filter,

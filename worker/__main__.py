@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from worker.cli import main
+from outbox.worker.cli import main
 
 raise SystemExit(main())

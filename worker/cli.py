@@ -10,10 +10,10 @@ from types import FrameType
 from prometheus_client import REGISTRY
 
 from outbox.errors import ConfigurationError
-from worker.consumer import Worker
-from worker.settings import WorkerSettings, load_worker_settings
+from outbox.worker.consumer import Worker
+from outbox.worker.settings import WorkerSettings, load_worker_settings
 
-log = logging.getLogger("worker")
+log = logging.getLogger("outbox.worker")
 
 
 def serve(settings: WorkerSettings, *, once: bool = False) -> int:

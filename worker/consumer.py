@@ -35,15 +35,14 @@ from typing import Any
 import psycopg
 import redis
 
-import schemas
-from outbox import wire
-from schemas.registry import Registry
-from worker import sql
-from worker.ingest import PoisonEntry, Resolution, Resolver, Row, build_row, columns, event_key
-from worker.metrics import WorkerMetrics, default_metrics
-from worker.settings import WorkerSettings, default_consumer_name
+from outbox import schemas, wire
+from outbox.schemas.registry import Registry
+from outbox.worker import sql
+from outbox.worker.ingest import PoisonEntry, Resolution, Resolver, Row, build_row, columns, event_key
+from outbox.worker.metrics import WorkerMetrics, default_metrics
+from outbox.worker.settings import WorkerSettings, default_consumer_name
 
-log = logging.getLogger("worker")
+log = logging.getLogger("outbox.worker")
 
 # SQLSTATE classes that mean "this entry's data", not "the database is unwell": data exceptions,
 # integrity violations, program limits (e.g. a jsonb value too large).

@@ -18,10 +18,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from catalog.resolve import EventTypeNotInCatalog, resolve_schema
+from outbox.catalog.resolve import EventTypeNotInCatalog, resolve_schema
 from outbox.errors import OutboxError, PayloadValidationError
+from outbox.schemas.registry import Registry
 from outbox.wire import WireEvent
-from schemas.registry import Registry
 
 
 class PoisonEntry(Exception):

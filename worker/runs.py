@@ -26,9 +26,9 @@ from typing import Any
 
 from psycopg.rows import tuple_row
 
-from catalog.sync import driver_connection
-from worker import sql
-from worker.errors import InvalidRunStatus, RunRequestNotClaimed, RunRequestNotFound, WorkerInputError
+from outbox.catalog.sync import driver_connection
+from outbox.worker import sql
+from outbox.worker.errors import InvalidRunStatus, RunRequestNotClaimed, RunRequestNotFound, WorkerInputError
 
 STATUSES = sql.RUN_STATUSES
 

@@ -7,9 +7,9 @@ from typing import Any
 import psycopg
 import redis
 
-from worker import sql
-from worker.runs import counts_by_status
-from worker.settings import WorkerSettings
+from outbox.worker import sql
+from outbox.worker.runs import counts_by_status
+from outbox.worker.settings import WorkerSettings
 
 LAG_COUNT_CAP = 1_000_000
 

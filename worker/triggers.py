@@ -44,17 +44,17 @@ from typing import Any
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
-from catalog.sync import driver_connection
-from schemas.registry import Registry
-from worker import sql
-from worker.errors import (
+from outbox.catalog.sync import driver_connection
+from outbox.schemas.registry import Registry
+from outbox.worker import sql
+from outbox.worker.errors import (
     InvalidTrigger,
     InvalidTriggerFilter,
     TriggerInUse,
     TriggerNotFound,
     UnknownTriggerEventType,
 )
-from worker.ingest import Resolution, resolve_contract
+from outbox.worker.ingest import Resolution, resolve_contract
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def _require(field: str, value: str | None) -> str:
 def check_event_type(conn: Any, tenant_id: str, event_type: str, registry: Registry | None = None) -> Resolution:
     """The contract the worker resolves for the tenant's event type; ``UnknownTriggerEventType`` if none."""
     if registry is None:
-        from schemas import registry as default_registry
+        from outbox.schemas import registry as default_registry
 
         registry = default_registry
     res = resolve_contract(conn, registry, tenant_id, event_type)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context, op
 
-from catalog.sync import rows_json, sync_system_catalog, upsert_sql
+from outbox.catalog.sync import rows_json, sync_system_catalog, upsert_sql
 
 revision = "outbox_0002"
 down_revision = "outbox_0001"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from alembic import op
 
-from worker import sql
+from outbox.worker import sql
 
 revision = "outbox_0003"
 down_revision = "outbox_0002"

@@ -13,11 +13,11 @@ import redis
 from sqlalchemy import create_engine, pool
 from sqlalchemy.engine import Engine
 
-import schemas
 from domain.base import Ctx, metadata
+from outbox import schemas
 from outbox.settings import Settings, sqlalchemy_url
+from outbox.worker import Worker, load_worker_settings
 from tests.conftest import relay_thread, wait_for
-from worker import Worker, load_worker_settings
 
 
 @pytest.fixture

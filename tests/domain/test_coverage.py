@@ -6,9 +6,9 @@ import importlib
 import pkgutil
 
 import domain.modules  # noqa: F401 - registers every module's emitters
-import schemas
 import tests.domain
 from domain.base import EMITTERS
+from outbox import schemas
 
 
 def _required() -> set[str]:
