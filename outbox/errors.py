@@ -116,8 +116,17 @@ class UnsupportedConnection(OutboxError):
     """``record`` got an object that is not a SQLAlchemy Connection/Session or a psycopg 3 connection."""
 
 
+#: Process exit code of every command, the relay and the worker when the outbox tables are missing.
+#: Restarting cannot help (systemd units list it in ``RestartPreventExitStatus``).
+EXIT_TABLES_MISSING = 4
+
+
 class SchemaNotInstalled(OutboxError):
     """The outbox tables are missing: run ``outbox migrate``."""
+
+    def __init__(self, detail: str = "") -> None:
+        self.detail = detail
+        super().__init__("outbox tables are missing: run `outbox migrate`")
 
 
 class BrokerError(OutboxError):
