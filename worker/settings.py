@@ -1,5 +1,6 @@
 """Settings of the workflow worker: ``OUTBOX_WORKER_*`` variables, plus the shared ``OUTBOX_DATABASE_URL``,
-``OUTBOX_REDIS_URL``, ``OUTBOX_STREAM`` and ``OUTBOX_LOG_LEVEL`` (CLI flags override them)."""
+``OUTBOX_REDIS_URL``, ``OUTBOX_STREAM`` and ``OUTBOX_LOG_LEVEL`` (CLI flags override them). The shared
+fields and checks live in ``outbox.settings.DaemonSettings``."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ import socket
 import uuid
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
-from outbox.errors import ConfigurationError
-from outbox.settings import ENV_PREFIX, libpq_url
+from outbox.settings import DaemonSettings
 
 WORKER_ENV_PREFIX = "OUTBOX_WORKER_"
 DEFAULT_GROUP = "workflow-runtime-v2"
@@ -23,20 +23,12 @@ def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(DaemonSettings):
     """Every knob of ``outbox worker``."""
 
-    model_config = SettingsConfigDict(env_prefix=WORKER_ENV_PREFIX, frozen=True, extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(env_prefix=WORKER_ENV_PREFIX)
 
-    database_url: str | None = Field(
-        default=None, validation_alias="OUTBOX_DATABASE_URL", description="Postgres URL (libpq PG* if unset)"
-    )
-    redis_url: str | None = Field(default=None, validation_alias="OUTBOX_REDIS_URL", description="Redis URL")
-    stream: str = Field(
-        default="workflow:events:global", min_length=1, validation_alias="OUTBOX_STREAM", description="Stream key"
-    )
-    log_level: str = Field(default="INFO", validation_alias="OUTBOX_LOG_LEVEL", description="Python logging level")
-
+    backoff_max: float = Field(default=10.0, gt=0, description="Largest retry delay (s)")
     group: str = Field(default=DEFAULT_GROUP, min_length=1, description="Redis consumer group")
     consumer: str | None = Field(default=None, description="Consumer name (default: hostname-pid-random)")
     start_id: Literal["0", "$"] = Field(
@@ -53,36 +45,12 @@ class WorkerSettings(BaseSettings):
     catalog_cache_ttl: float = Field(
         default=5.0, ge=0, description="Cache schema resolutions per (tenant, event type) this long (s); 0 = off"
     )
-    backoff_base: float = Field(default=0.2, gt=0, description="First retry delay after an outage (s)")
-    backoff_max: float = Field(default=10.0, gt=0, description="Largest retry delay (s)")
     consumer_gc_idle: float = Field(
         default=86_400.0, ge=0, description="At start, delete consumers idle this long with nothing pending (s); 0=off"
     )
-    metrics_port: int | None = Field(
-        default=None, ge=0, le=65535, description="Serve Prometheus metrics on this port (off if unset; 0 = any free)"
-    )
-    metrics_addr: str = Field(default="0.0.0.0", min_length=1, description="Address of the metrics endpoint")
     # Test hook, never set in production: "before_commit:SECONDS" or "after_commit:SECONDS" makes the worker
     # sleep at that point of every batch (so a test can SIGKILL it with entries in hand).
     test_pause: str | None = Field(default=None, description="(tests only) before_commit:S or after_commit:S")
-
-    @field_validator("database_url")
-    @classmethod
-    def _check_db(cls, v: str | None) -> str | None:
-        if not v:
-            return None
-        if not v.split("://", 1)[0].startswith("postgres"):
-            raise ValueError("must be a postgresql:// URL")
-        return v
-
-    @field_validator("redis_url")
-    @classmethod
-    def _check_redis(cls, v: str | None) -> str | None:
-        if not v:
-            return None
-        if v.split("://", 1)[0] not in ("redis", "rediss", "unix"):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
-        return v
 
     @field_validator("test_pause")
     @classmethod
@@ -107,39 +75,12 @@ class WorkerSettings(BaseSettings):
         where, _, secs = self.test_pause.partition(":")
         return where, float(secs or "0")
 
-    def dsn(self) -> str:
-        """libpq connection string ("" lets libpq read PGHOST, PGDATABASE...)."""
-        return libpq_url(self.database_url) if self.database_url else ""
-
-    def require_database(self) -> str:
-        """The database DSN, or ``ConfigurationError`` when neither the URL nor libpq variables are set."""
-        if self.database_url is None and not any(os.environ.get(v) for v in ("PGHOST", "PGDATABASE", "PGSERVICE")):
-            raise ConfigurationError(ENV_PREFIX + "DATABASE_URL", "not set (nor PGHOST/PGDATABASE/PGSERVICE)")
-        return self.dsn()
-
-    def require_redis(self) -> str:
-        """The Redis URL, or ``ConfigurationError`` naming the variable."""
-        if self.redis_url is None:
-            raise ConfigurationError(ENV_PREFIX + "REDIS_URL", "not set")
-        return self.redis_url
-
-
-_SHARED = {"database_url", "redis_url", "stream", "log_level"}
-
 
 def env_name(field: str) -> str:
     """The environment variable of a settings field."""
-    return (ENV_PREFIX if field in _SHARED else WORKER_ENV_PREFIX) + field.upper()
+    return WorkerSettings.env_name(field)
 
 
 def load_worker_settings(**overrides: Any) -> WorkerSettings:
     """Settings from the environment plus explicit overrides; ``ConfigurationError`` names a bad variable."""
-    clean = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        return WorkerSettings(**clean)
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        name = str(err["loc"][0]) if err["loc"] else "?"
-        if name.startswith(ENV_PREFIX):
-            name = name[len(ENV_PREFIX) :].lower()
-        raise ConfigurationError(env_name(name), err["msg"]) from None
+    return WorkerSettings.load(**overrides)
