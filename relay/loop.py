@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -19,8 +18,10 @@ import psycopg
 
 from outbox import schemas, wire
 from outbox.errors import BrokerError, OutboxError, PayloadTooLarge, TenantMismatch
+from outbox.liveness import Liveness
 from outbox.relay import metrics, sql
 from outbox.relay.publisher import Outgoing, Publisher, RedisStreamPublisher, fence_key
+from outbox.retry import backoff_delay
 from outbox.schemas.registry import Registry
 from outbox.settings import Settings
 from outbox.sql import NOTIFY_CHANNEL
@@ -147,6 +148,8 @@ class Relay:
         self._db_down_since: float | None = None
         self._db_failures = 0  # consecutive, for the backoff
         self._broker_down_since: float | None = None
+        # Process-runner hooks (systemd READY/WATCHDOG, health metric): alive() from this loop only.
+        self.liveness = Liveness()
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -226,13 +229,15 @@ class Relay:
     # ---- one iteration -----------------------------------------------------------------------------
 
     def _step(self, until_idle: bool) -> bool:
+        self.liveness.alive()
         db = self._connect()
         if self._mark_fut is not None and self._mark_fut.done():
             self._await_mark()  # see a failed mark now, not only when the next batch is handed over
         if self.epoch is None and not self._acquire(db):
+            self.liveness.state("standby")
             if until_idle:
                 return False
-            self._stop.wait(self.settings.lease_ttl / 3)
+            self.liveness.wait(self._stop, self.settings.lease_ttl / 3)
             return True
         now = time.monotonic()
         if now - self._renewed_at > self.settings.lease_ttl / 3:
@@ -304,8 +309,7 @@ class Relay:
         self._backoff_sleep(self._db_failures)
 
     def _backoff_sleep(self, attempt: int) -> None:
-        cap = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** min(attempt, 20))
-        self._stop.wait(random.uniform(cap / 2, cap))  # jittered exponential backoff
+        self.liveness.wait(self._stop, backoff_delay(attempt, self.settings.backoff_base, self.settings.backoff_max))
 
     # ---- leadership --------------------------------------------------------------------------------
 
@@ -320,6 +324,7 @@ class Relay:
         self.stats.leader_epochs.append(self.epoch)
         metrics.LEADER.set(1)
         log.info("relay %s is the leader (epoch %s)", self.me, self.epoch)
+        self.liveness.state(f"leader (epoch {self.epoch})")
         if self._publisher is None or self._instance_id != instance:
             if self._publisher is not None:
                 self._publisher.close()

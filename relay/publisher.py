@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import redis
 
 from outbox.errors import BrokerError
+from outbox.retry import transient_redis
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,8 +115,6 @@ redis.call('SET', KEYS[2], hwm)
 return {out, ''}
 """
 
-_TRANSIENT_PREFIXES = ("LOADING", "BUSY", "OOM", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "NOREPLICAS")
-
 
 def fence_key(stream: str, instance_id: str) -> str:
     """The fence key of one outbox database: same hash slot as the stream, distinct per outbox instance."""
@@ -126,10 +125,7 @@ def classify(exc: Exception) -> BrokerError:
     """Wrap a redis-py error as a ``BrokerError`` that says whether retrying can help."""
     if isinstance(exc, BrokerError):
         return exc
-    transient = isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError) or (
-        isinstance(exc, redis.ResponseError) and str(exc).startswith(_TRANSIENT_PREFIXES)
-    )
-    return BrokerError(f"{type(exc).__name__}: {exc}", transient=transient)
+    return BrokerError(f"{type(exc).__name__}: {exc}", transient=transient_redis(exc))
 
 
 class RedisStreamPublisher:

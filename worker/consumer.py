@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import random
 import threading
 import time
 import uuid
@@ -36,6 +35,8 @@ import psycopg
 import redis
 
 from outbox import schemas, wire
+from outbox.liveness import Liveness
+from outbox.retry import backoff_delay, transient_reply
 from outbox.schemas.registry import Registry
 from outbox.worker import sql
 from outbox.worker.ingest import PoisonEntry, Resolution, Resolver, Row, build_row, columns, event_key
@@ -47,9 +48,6 @@ log = logging.getLogger("outbox.worker")
 # SQLSTATE classes that mean "this entry's data", not "the database is unwell": data exceptions,
 # integrity violations, program limits (e.g. a jsonb value too large).
 _ENTRY_FAULT_CLASSES = ("22", "23", "54")
-
-# Redis refusals that go away by themselves (failover, loading, memory pressure): retried with backoff.
-_TRANSIENT_REDIS = ("LOADING", "BUSY", "OOM", "READONLY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "NOREPLICAS")
 
 # Delete idle consumers that own no pending entry, atomically (no entry can be delivered to one between the
 # check and the delete). ARGV: min idle (ms), and a single consumer name to consider ('' = any).
@@ -168,6 +166,8 @@ class Worker:
         self._scan_deleted = False
         self._pause = settings.pause()
         self._gc = self._r().register_script(_GC_CONSUMERS_LUA)
+        # Process-runner hooks (systemd READY/WATCHDOG, health metric): alive() from this loop only.
+        self.liveness = Liveness()
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -189,6 +189,7 @@ class Worker:
             if s.consumer_gc_idle > 0:
                 self._with_redis(lambda: self._gc_consumers(int(s.consumer_gc_idle * 1000), ""))
             self._with_redis(self._own_pending)
+            self.liveness.state(f"reading {s.stream} as {self.consumer} (group {s.group})")
             while not self._stop.is_set():
                 busy = self._with_redis(self._step)
                 if until_idle and not busy:
@@ -235,8 +236,7 @@ class Worker:
         return self._db
 
     def _backoff(self, attempt: int) -> None:
-        cap = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** min(attempt, 20))
-        self._stop.wait(random.uniform(cap / 2, cap))
+        self.liveness.wait(self._stop, backoff_delay(attempt, self.settings.backoff_base, self.settings.backoff_max))
 
     def _with_redis(self, fn: Any) -> Any:
         """Run ``fn``; on a Redis outage (or a transient refusal) back off and run it again (until stopped)."""
@@ -249,7 +249,7 @@ class Worker:
                     with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
                         self._ensure_group()
                     continue
-                if not str(exc).startswith(_TRANSIENT_REDIS):
+                if not transient_reply(exc):
                     raise
                 self._redis_trouble(exc)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -291,6 +291,7 @@ class Worker:
 
     def _step(self) -> bool:
         """Claim (when due) and read one batch; whether anything was delivered."""
+        self.liveness.alive()
         busy = False
         if time.monotonic() >= self._next_claim:
             busy = self._claim()
@@ -312,6 +313,7 @@ class Worker:
         s = self.settings
         start = "0"
         while not self._stop.is_set():
+            self.liveness.alive()
             resp: Any = self._r().xreadgroup(s.group, self.consumer, {s.stream: start}, count=s.batch_size)
             entries = _entries(resp)
             if not entries:
