@@ -1,9 +1,17 @@
 """Transactional outbox: record domain events in the business transaction; the relay publishes them.
 
 ``outbox.record(conn, "TICKET_CREATED", payload, tenant_id=..., actor=...)`` inside your transaction.
+
+The write API (``record`` and the rest from ``outbox.record``) is imported on first use (PEP 562), so
+``import outbox.errors`` or ``import outbox.schemas`` never loads the database side.
 """
 
 from __future__ import annotations
+
+import importlib
+import sys
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from outbox import errors
 from outbox.errors import (
@@ -18,16 +26,22 @@ from outbox.errors import (
     TenantMismatch,
     UnknownEventType,
 )
-from outbox.record import (
-    Actor,
-    Event,
-    arecord,
-    arecord_many,
-    arecord_typed,
-    configure,
-    record,
-    record_many,
-    record_typed,
+
+if TYPE_CHECKING:
+    from outbox.record import (
+        Actor,
+        Event,
+        arecord,
+        arecord_many,
+        arecord_typed,
+        configure,
+        record,
+        record_many,
+        record_typed,
+    )
+
+_WRITE_API = frozenset(
+    {"Actor", "Event", "arecord", "arecord_many", "arecord_typed", "configure", "record", "record_many", "record_typed"}
 )
 
 __all__ = [
@@ -52,3 +66,29 @@ __all__ = [
     "record_many",
     "record_typed",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WRITE_API:
+        raise AttributeError(f"module 'outbox' has no attribute {name!r}")
+    value = getattr(importlib.import_module("outbox.record"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _WRITE_API)
+
+
+class _Package(ModuleType):
+    """``outbox`` itself: keeps ``outbox.record`` the function when the submodule of that name is imported."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # The import system binds each submodule on its package once loaded; the package's public
+        # ``record`` is the function (as when __init__ imported it eagerly), not the module.
+        if name == "record" and isinstance(value, ModuleType):
+            value = value.record
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
+import sys
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import Enum
 from functools import cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, LiteralString
 
-import psycopg
 import uuid_utils.compat as uuid_utils
-from psycopg.rows import tuple_row
 from pydantic import BaseModel
-from sqlalchemy.engine import Connection as SAConnection
-from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
-from sqlalchemy.ext.asyncio import AsyncSession as SAAsyncSession
-from sqlalchemy.orm import Session as SASession
 
 from outbox import schemas, sql
 from outbox.errors import (
@@ -33,6 +28,13 @@ from outbox.errors import (
     TenantMismatch,
     UnsupportedConnection,
 )
+from outbox.wire import iso_utc
+
+if TYPE_CHECKING:
+    import psycopg
+    from sqlalchemy.engine import Connection as SAConnection
+    from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
+    from typing_extensions import TypeIs
 
 ActorType = Literal["USER", "CONTACT", "SYSTEM"]
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
@@ -127,11 +129,6 @@ def _find(value: Any, bad: Any, path: str = "") -> str | None:
 
 def _has_nul(value: Any) -> bool:
     return isinstance(value, str) and "\x00" in value
-
-
-def utc_iso(ts: datetime) -> str:
-    """``ts`` (aware, UTC) as ISO-8601 ending in ``Z``."""
-    return ts.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 @cache
@@ -230,7 +227,7 @@ def prepare(
             raise NonUtcTimestamp(event_type, entry.ref, [FieldError("occurred_at", "must be timezone-aware UTC")])
     # occurred_at only fills a missing occurredAt; the payload's own value wins
     if ("occurredAt" in declared or "occurredAt" in data) and data.get("occurredAt") is None:
-        data["occurredAt"] = utc_iso(occurred_at or datetime.now(UTC))
+        data["occurredAt"] = iso_utc(occurred_at or datetime.now(UTC))
     _fill_actor(event_type, data, actor)
 
     try:
@@ -307,26 +304,43 @@ def _many_params(events: Sequence[Event]) -> tuple[list[Any], list[uuid.UUID]]:
 
 
 # ---- connection plumbing -------------------------------------------------------------------------
+# The drivers are never imported here: a connection object can only be an instance of a class whose
+# module is already loaded, so the checks look in sys.modules (no psycopg/SQLAlchemy cost at import,
+# and no greenlet needed unless the caller itself uses SQLAlchemy's asyncio extension).
 
 
-def _check_sync(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
-    if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+def _instance(obj: Any, module: str, name: str) -> bool:
+    mod = sys.modules.get(module)
+    return mod is not None and isinstance(obj, getattr(mod, name))
+
+
+def _is_psycopg(conn: Any) -> TypeIs[psycopg.Connection[Any]]:
+    return _instance(conn, "psycopg", "Connection")
+
+
+def _is_apsycopg(conn: Any) -> TypeIs[psycopg.AsyncConnection[Any]]:
+    return _instance(conn, "psycopg", "AsyncConnection")
+
+
+def _in_transaction(conn: Any) -> Any:
+    """``conn`` (a psycopg connection) unless it is in autocommit mode outside a transaction."""
+    if conn.autocommit and conn.info.transaction_status == sys.modules["psycopg"].pq.TransactionStatus.IDLE:
         raise NotInTransaction()
     return conn
 
 
 def _sync_driver(conn: Any) -> psycopg.Connection[Any] | SAConnection:
     """The psycopg connection that carries the caller's transaction (or an SA connection to go through)."""
-    if isinstance(conn, psycopg.Connection):
-        return _check_sync(conn)
-    if isinstance(conn, SASession):
+    if _is_psycopg(conn):
+        return _in_transaction(conn)
+    if _instance(conn, "sqlalchemy.orm", "Session"):
         conn = conn.connection()  # joins (or begins) the session's transaction
-    if isinstance(conn, SAConnection):
+    if _instance(conn, "sqlalchemy.engine", "Connection"):
         if not conn.in_transaction():
             conn.begin()
         driver = conn.connection.driver_connection
-        if isinstance(driver, psycopg.Connection):
-            return _check_sync(driver)
+        if _is_psycopg(driver):
+            return _in_transaction(driver)
         return conn  # another DBAPI driver: go through SQLAlchemy
     raise UnsupportedConnection(
         f"record() needs a SQLAlchemy Connection/Session or a psycopg.Connection, got {type(conn).__name__}"
@@ -334,26 +348,94 @@ def _sync_driver(conn: Any) -> psycopg.Connection[Any] | SAConnection:
 
 
 async def _async_driver(conn: Any) -> psycopg.AsyncConnection[Any] | SAAsyncConnection:
-    if isinstance(conn, psycopg.AsyncConnection):
-        if conn.autocommit and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-            raise NotInTransaction()
-        return conn
-    if isinstance(conn, SAAsyncSession):
+    if _is_apsycopg(conn):
+        return _in_transaction(conn)
+    if _instance(conn, "sqlalchemy.ext.asyncio", "AsyncSession"):
         conn = await conn.connection()
-    if isinstance(conn, SAAsyncConnection):
+    if _instance(conn, "sqlalchemy.ext.asyncio", "AsyncConnection"):
         if not conn.in_transaction():
             await conn.begin()
         raw = await conn.get_raw_connection()
         driver = raw.driver_connection
-        if isinstance(driver, psycopg.AsyncConnection):
-            if driver.autocommit and driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-                raise NotInTransaction()
-            return driver
+        if _is_apsycopg(driver):
+            return _in_transaction(driver)
         return conn
     raise UnsupportedConnection(
         "arecord() needs a SQLAlchemy AsyncConnection/AsyncSession or a psycopg.AsyncConnection, "
         f"got {type(conn).__name__}"
     )
+
+
+# ---- one body for sync and async (sans-IO) --------------------------------------------------------
+# A write is a generator: it yields (statement, params, fetch), receives the statement's first row
+# (None when fetch is false) and returns the result. _run and _arun only execute. ``fetch`` is explicit
+# because in psycopg's pipeline mode a cursor does not know whether rows will come until it fetches.
+
+Row = tuple[Any, ...] | None
+Write = Generator[tuple[LiteralString, Sequence[Any], bool], Row, Any]
+
+
+def _write_one(params: tuple[Any, ...]) -> Write:
+    row = yield sql.RECORD_ONE, params, True
+    if not row or row[0] != 1:
+        raise DuplicateEvent(str(params[0]))
+    return params[0]
+
+
+def _write_many(columns: list[Any], ids: list[uuid.UUID]) -> Write:
+    row = yield sql.RECORD_MANY, tuple(columns), True
+    inserted = list(row[0]) if row else []
+    if len(inserted) != len(ids):
+        yield sql.UNDO_MANY, (inserted,), False  # keep the caller's transaction free of a partial batch
+        dup = next(i for i in ids if i not in set(inserted))
+        raise DuplicateEvent(str(dup))
+    return ids
+
+
+def _run(conn: Any, write: Write) -> Any:
+    """Execute a write on a sync connection."""
+    target = _sync_driver(conn)
+    if _is_psycopg(target):
+        from psycopg.rows import tuple_row  # already loaded with psycopg
+
+        with target.cursor(row_factory=tuple_row) as cur:
+            try:
+                statement, params, fetch = next(write)
+                while True:
+                    cur.execute(statement, params)
+                    statement, params, fetch = write.send(cur.fetchone() if fetch else None)
+            except StopIteration as done:
+                return done.value
+    try:
+        statement, params, fetch = next(write)
+        while True:
+            result = target.exec_driver_sql(statement, tuple(params))
+            statement, params, fetch = write.send(result.fetchone() if fetch else None)
+    except StopIteration as done:
+        return done.value
+
+
+async def _arun(conn: Any, write: Write) -> Any:
+    """Execute a write on an async connection."""
+    target = await _async_driver(conn)
+    if _is_apsycopg(target):
+        from psycopg.rows import tuple_row
+
+        async with target.cursor(row_factory=tuple_row) as cur:
+            try:
+                statement, params, fetch = next(write)
+                while True:
+                    await cur.execute(statement, params)
+                    statement, params, fetch = write.send(await cur.fetchone() if fetch else None)
+            except StopIteration as done:
+                return done.value
+    try:
+        statement, params, fetch = next(write)
+        while True:
+            result = await target.exec_driver_sql(statement, tuple(params))
+            statement, params, fetch = write.send(result.fetchone() if fetch else None)
+    except StopIteration as done:
+        return done.value
 
 
 def record(
@@ -387,38 +469,14 @@ def record(
         event_id=event_id,
         occurred_at=occurred_at,
     )
-    target = _sync_driver(conn)
-    if isinstance(target, psycopg.Connection):
-        with target.cursor(row_factory=tuple_row) as cur:
-            row = cur.execute(sql.RECORD_ONE, params).fetchone()
-    else:
-        row = target.exec_driver_sql(sql.RECORD_ONE, params).fetchone()
-    if not row or row[0] != 1:
-        raise DuplicateEvent(str(params[0]))
-    return params[0]
+    return _run(conn, _write_one(params))
 
 
 def record_many(conn: Any, events: Sequence[Event]) -> list[uuid.UUID]:
     """Write many events in one statement in the caller's transaction; all or none. Never commits."""
     if not events:
         return []
-    columns, ids = _many_params(events)
-    target = _sync_driver(conn)
-    if isinstance(target, psycopg.Connection):
-        with target.cursor(row_factory=tuple_row) as cur:
-            row = cur.execute(sql.RECORD_MANY, columns).fetchone()
-            inserted = list(row[0]) if row else []
-            if len(inserted) != len(ids):
-                cur.execute(sql.UNDO_MANY, (inserted,))
-    else:
-        row = target.exec_driver_sql(sql.RECORD_MANY, tuple(columns)).fetchone()
-        inserted = list(row[0]) if row else []
-        if len(inserted) != len(ids):
-            target.exec_driver_sql(sql.UNDO_MANY, (inserted,))
-    if len(inserted) != len(ids):
-        dup = next(i for i in ids if i not in set(inserted))
-        raise DuplicateEvent(str(dup))
-    return ids
+    return _run(conn, _write_many(*_many_params(events)))
 
 
 async def arecord(
@@ -452,40 +510,15 @@ async def arecord(
         event_id=event_id,
         occurred_at=occurred_at,
     )
-    target = await _async_driver(conn)
-    if isinstance(target, psycopg.AsyncConnection):
-        async with target.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(sql.RECORD_ONE, params)
-            row = await cur.fetchone()
-    else:
-        row = (await target.exec_driver_sql(sql.RECORD_ONE, params)).fetchone()
-    if not row or row[0] != 1:
-        raise DuplicateEvent(str(params[0]))
-    return params[0]
+    return await _arun(conn, _write_one(params))
 
 
 async def arecord_many(conn: Any, events: Sequence[Event]) -> list[uuid.UUID]:
     """Async ``record_many``. Never commits."""
     if not events:
         return []
-    columns, ids = _many_params(events)
-    target = await _async_driver(conn)
-    if isinstance(target, psycopg.AsyncConnection):
-        async with target.cursor(row_factory=tuple_row) as cur:
-            await cur.execute(sql.RECORD_MANY, columns)
-            row = await cur.fetchone()
-            inserted = list(row[0]) if row else []
-            if len(inserted) != len(ids):
-                await cur.execute(sql.UNDO_MANY, (inserted,))
-    else:
-        row = (await target.exec_driver_sql(sql.RECORD_MANY, tuple(columns))).fetchone()
-        inserted = list(row[0]) if row else []
-        if len(inserted) != len(ids):
-            await target.exec_driver_sql(sql.UNDO_MANY, (inserted,))
-    if len(inserted) != len(ids):
-        dup = next(i for i in ids if i not in set(inserted))
-        raise DuplicateEvent(str(dup))
-    return ids
+    write = _write_many(*_many_params(events))  # validate before touching the connection
+    return await _arun(conn, write)
 
 
 def record_typed(conn: Any, payload: BaseModel, **kwargs: Any) -> uuid.UUID:
@@ -500,10 +533,10 @@ async def arecord_typed(conn: Any, payload: BaseModel, **kwargs: Any) -> uuid.UU
 
 @cache
 def _model_owner(model: type[BaseModel]) -> str:
-    for entry in schemas.registry.event_types():
-        if entry.model is model or entry.legacy_model is model:
-            return entry.event_type
-    raise InvalidArgument(model.__name__, "payload", "model is not a registered payload contract")
+    entry = schemas.registry.entry_of_model(model)
+    if entry is None:
+        raise InvalidArgument(model.__name__, "payload", "model is not a registered payload contract")
+    return entry.event_type
 
 
 def event_type_of(payload: BaseModel) -> str:

@@ -6,16 +6,13 @@ holds every event type of the Workflow Event Catalog v2 and the older bus-only t
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from outbox.schemas._modules import MODULES
+from outbox.schemas._modules import EVENT_MODULES
 from outbox.schemas.registry import EventType, Registry, pascal_case, payload_ref
 
-registry = Registry()
-for _name in MODULES:
-    for _entry in importlib.import_module(f"outbox.schemas.{_name}").EVENTS:
-        registry.add(_entry)
+# Lazy: a contract module is imported the first time one of its event types is used (see Registry).
+registry = Registry({event_type: f"outbox.schemas.{module}" for event_type, module in EVENT_MODULES.items()})
 
 
 def validate(event_type: str, payload: dict[str, Any], ref: str | None = None) -> Any:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import re
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -113,15 +115,38 @@ class _ContractJsonSchema(GenerateJsonSchema):
 
 
 class Registry:
-    """Maps refs to models and event types to ``EventType`` entries. Read-mostly; built at import."""
+    """Maps refs to models and event types to ``EventType`` entries. Read-mostly.
 
-    def __init__(self) -> None:
+    ``index`` (event type -> module whose ``EVENTS`` list holds it) makes the registry lazy: an event
+    type's module is imported the first time that type is looked up; iterating, listing refs or looking
+    up an unknown ref loads every indexed module.
+    """
+
+    def __init__(self, index: Mapping[str, str] | None = None) -> None:
         self._by_ref: dict[str, type[BaseModel]] = {}
         self._ref_owner: dict[str, str] = {}
         self._by_type: dict[str, EventType] = {}
+        self._index: dict[str, str] = dict(index or {})
+        self._unloaded: set[str] = set(self._index.values())
+        self._lock = threading.RLock()  # writer threads may look up their first event types concurrently
+
+    def _load(self, modules: Iterable[str]) -> None:
+        with self._lock:
+            for name in sorted(set(modules) & self._unloaded):
+                for entry in importlib.import_module(name).EVENTS:
+                    self._add(entry)
+                self._unloaded.discard(name)
+
+    def _load_all(self) -> None:
+        if self._unloaded:
+            self._load(self._unloaded)
 
     def add(self, entry: EventType) -> EventType:
         """Register an event type (and its ref). Refs and event types are unique."""
+        self._load_all()
+        return self._add(entry)
+
+    def _add(self, entry: EventType) -> EventType:
         if not REF_RE.match(entry.ref):
             raise ValueError(f"malformed schema ref {entry.ref!r}")
         if entry.event_type in self._by_type:
@@ -136,6 +161,7 @@ class Registry:
 
     def add_version(self, event_type: str, ref: str, model: type[BaseModel]) -> None:
         """Register a further version (``.v2``...) of an event type's contract."""
+        self._load_all()
         if event_type not in self._by_type:
             raise UnknownEventType(event_type)
         if not REF_RE.match(ref):
@@ -145,35 +171,57 @@ class Registry:
 
     def event_type(self, event_type: str) -> EventType:
         """The entry of an event type; ``UnknownEventType`` if it is not on the bus list."""
-        try:
-            return self._by_type[event_type]
-        except KeyError:
-            raise UnknownEventType(event_type) from None
+        entry = self._by_type.get(event_type)
+        if entry is None:
+            module = self._index.get(event_type)
+            if module is not None:
+                self._load((module,))
+                entry = self._by_type.get(event_type)
+            if entry is None:
+                raise UnknownEventType(event_type)
+        return entry
 
     def has_event_type(self, event_type: str) -> bool:
         """Whether the event type is on the bus list."""
-        return event_type in self._by_type
+        return event_type in self._by_type or event_type in self._index
+
+    def entry_of_model(self, model: type[BaseModel]) -> EventType | None:
+        """The event type whose contract (or older shape) is ``model``, or None."""
+        self._load((model.__module__,))
+        for _ in range(2):
+            for entry in list(self._by_type.values()):
+                if entry.model is model or entry.legacy_model is model:
+                    return entry
+            self._load_all()
+        return None
 
     def model(self, ref: str) -> type[BaseModel]:
         """The pydantic model of a ref; ``KeyError`` if unknown."""
+        if ref not in self._by_ref:
+            self._load_all()
         return self._by_ref[ref]
 
     def owner(self, ref: str) -> str | None:
         """The event type a ref belongs to."""
+        if ref not in self._ref_owner:
+            self._load_all()
         return self._ref_owner.get(ref)
 
     def refs(self) -> list[str]:
         """Every registered ref, sorted."""
+        self._load_all()
         return sorted(self._by_ref)
 
     def event_types(self) -> list[EventType]:
         """Every event type, sorted by name."""
+        self._load_all()
         return [self._by_type[k] for k in sorted(self._by_type)]
 
     def __iter__(self) -> Iterator[EventType]:
         return iter(self.event_types())
 
     def __len__(self) -> int:
+        self._load_all()
         return len(self._by_type)
 
     def json_schema(self, ref: str) -> dict[str, Any]:

@@ -184,9 +184,14 @@ def render_all(facts: Path) -> dict[Path, str]:
         mod = "legacy" if e["kind"] == "legacy-bus" else e["module"]
         groups.setdefault(mod, []).append(e)
     files = {ROOT / "schemas" / f"{mod}.py": render(mod, evs, descriptions) for mod, evs in sorted(groups.items())}
+    index = {e["event_type"]: mod for mod, evs in groups.items() for e in evs}
     files[ROOT / "schemas" / "_modules.py"] = (
-        '"""Domain modules holding payload contracts (generated list)."""\n\nMODULES = '
+        '"""Domain modules holding payload contracts, and the module of each event type (generated)."""\n\n'
+        + "MODULES = "
         + repr(tuple(sorted(groups)))
+        + "\n\n# Lets the registry import one contract module per event type on first use instead of all at start.\n"
+        + "EVENT_MODULES: dict[str, str] = "
+        + repr(dict(sorted(index.items())))
         + "\n"
     )
     return files
