@@ -1,65 +1,33 @@
-"""Process entry point of the worker: logging, signals, exit codes."""
+"""Process entry point of the worker (``python -m outbox.worker``, ``outbox worker``): see ``outbox.daemon``."""
 
 from __future__ import annotations
 
-import logging
-import signal
-import sys
-from types import FrameType
+from collections.abc import Sequence
 
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry
 
-from outbox.errors import ConfigurationError
+from outbox.daemon import Program
+from outbox.daemon import main as daemon_main
+from outbox.daemon import serve as daemon_serve
 from outbox.worker.consumer import Worker
 from outbox.worker.settings import WorkerSettings, load_worker_settings
 
-log = logging.getLogger("outbox.worker")
+
+def _registry(worker: Worker) -> CollectorRegistry:
+    return worker.metrics.registry or REGISTRY
+
+
+PROGRAM: Program[WorkerSettings] = Program(
+    name="worker", load=load_worker_settings, build=Worker, registry=_registry,
+    stop_note="finishing the entries in hand",
+)  # fmt: skip
 
 
 def serve(settings: WorkerSettings, *, once: bool = False) -> int:
-    """Run a worker until SIGTERM/SIGINT (or until idle with ``once``); returns the exit code (0)."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    worker = Worker(settings)
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s, finishing the entries in hand", signal.Signals(signum).name)
-        worker.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    server = None
-    if settings.metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        server, _thread = start_http_server(
-            settings.metrics_port, addr=settings.metrics_addr, registry=worker.metrics.registry or REGISTRY
-        )
-        log.info("metrics on %s:%d/metrics", settings.metrics_addr, server.server_port)
-    try:
-        worker.run(until_idle=once)
-    finally:
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-    return 0
+    """Run a worker until SIGTERM/SIGINT (or until idle with ``once``); returns the exit code."""
+    return daemon_serve(PROGRAM, settings, once=once)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m worker [--once]``: settings from ``OUTBOX_*`` / ``OUTBOX_WORKER_*`` variables."""
-    args = sys.argv[1:] if argv is None else argv
-    unknown = [a for a in args if a != "--once"]
-    if unknown:
-        print(f"usage: python -m worker [--once]  (unknown: {' '.join(unknown)})", file=sys.stderr)
-        return 2
-    try:
-        settings = load_worker_settings()
-        settings.require_database()
-        settings.require_redis()
-    except ConfigurationError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    return serve(settings, once="--once" in args)
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m outbox.worker [--once]``: settings from ``OUTBOX_*`` / ``OUTBOX_WORKER_*`` variables."""
+    return daemon_main(PROGRAM, argv)
