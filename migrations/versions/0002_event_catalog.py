@@ -1,4 +1,7 @@
-"""Event catalog: system_event_catalog (filled from the code registry) and the tenant event_catalog.
+"""Event catalog: system_event_catalog (its rows come from the code registry) and the tenant event_catalog.
+
+Schema only. The rows of system_event_catalog are data of the installed release, not history: ``outbox
+migrate`` (and ``outbox catalog sync``) upserts them after the schema is up to date.
 
 Revision ID: outbox_0002
 Revises: outbox_0001
@@ -7,10 +10,7 @@ Create Date: 2026-11-26
 
 from __future__ import annotations
 
-import sqlalchemy as sa
-from alembic import context, op
-
-from outbox.catalog.sync import rows_json, sync_system_catalog, upsert_sql
+from alembic import op
 
 revision = "outbox_0002"
 down_revision = "outbox_0001"
@@ -19,7 +19,7 @@ depends_on = None
 
 UPGRADE = """
 -- The system catalog: one row per event type of the Workflow Event Catalog v2, kept equal to the code
--- registry (schemas.registry, in_system_catalog=True) by catalog.sync.sync_system_catalog.
+-- registry (its in_system_catalog entries) by `outbox migrate` / `outbox catalog sync`.
 CREATE TABLE system_event_catalog (
     id                   uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
     event_type           text        NOT NULL,
@@ -67,21 +67,9 @@ DROP TABLE IF EXISTS event_catalog;
 DROP TABLE IF EXISTS system_event_catalog;
 """
 
-# The registry columns this revision's table has. A later revision that adds one syncs again with its own set.
-COLUMNS = (
-    "event_type", "name", "description", "category", "payload_schema_ref", "kind",
-    "catalog_only", "catalog_only_reason", "legacy_of", "legacy_overlaps", "superseded_by",
-)  # fmt: skip
-
 
 def upgrade() -> None:
     op.execute(UPGRADE)
-    if context.is_offline_mode():
-        # `outbox migrate --sql`: the same upsert, with the registry rows rendered as a literal.
-        rows = sa.bindparam("rows", rows_json(columns=COLUMNS), type_=sa.Text)
-        op.execute(sa.text(upsert_sql(":rows", COLUMNS)).bindparams(rows))
-    else:
-        sync_system_catalog(op.get_bind(), columns=COLUMNS)  # every system-catalog row of schemas.registry
 
 
 def downgrade() -> None:
