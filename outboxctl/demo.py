@@ -24,7 +24,7 @@ from rich.table import Table
 
 import outbox
 from outbox import migrate
-from outbox.embedded import Embedded
+from outbox.embedded import DEMO_EXTRA, Embedded, EmbeddedServerError, MissingServerError
 from outbox.settings import load_settings
 
 DEMO_SCHEMA = """
@@ -57,6 +57,18 @@ def _servers(database_url: str | None, redis_url: str | None, console: Console) 
     with Embedded() as emb:
         console.print(f"  postgres {emb.database_url}\n  redis    {emb.redis_url}")
         yield emb.database_url, emb.redis_url
+
+
+@contextlib.contextmanager
+def _relay(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """The relay as its own process, as in production (and off the writers' GIL); killed if still running."""
+    proc = subprocess.Popen([sys.executable, "-m", "outbox.relay"], env=env)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(15)
 
 
 class _Burst:
@@ -150,35 +162,54 @@ class _Burst:
 def run_demo(
     *, transactions: int, writers: int, database_url: str | None, redis_url: str | None, console: Console
 ) -> int:
-    """Run the demo; returns 0 when every check passes."""
+    """Run the demo; 0 when every check passes, 1 when one fails or a server does not start, 2 without servers."""
+    err = Console(stderr=True)
+    try:
+        return _run(transactions, writers, database_url, redis_url, console)
+    except MissingServerError as exc:
+        err.print(
+            f"error: outbox demo needs the embedded servers (no {exc.missing} found): {DEMO_EXTRA}, "
+            "or set OUTBOX_DATABASE_URL and OUTBOX_REDIS_URL",
+            style="red", markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
+        return 2
+    except EmbeddedServerError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        err.print("removed the temporary servers and their data", highlight=False)
+        return 1
+
+
+def _run(transactions: int, writers: int, database_url: str | None, redis_url: str | None, console: Console) -> int:
     stream = f"demo:{uuid.uuid4().hex[:8]}:workflow:events:global"
     with _servers(database_url, redis_url, console) as (dsn, rurl):
         migrate.upgrade(dsn)
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute(DEMO_SCHEMA)
         settings = load_settings(database_url=dsn, redis_url=rurl, stream=stream, log_level="ERROR")
-        # The relay runs as its own process, as in production (and off the writers' GIL).
         env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
         env.update({"OUTBOX_" + k.upper(): str(v) for k, v in settings.model_dump().items() if v is not None})
-        relay = subprocess.Popen([sys.executable, "-m", "outbox.relay"], env=env)
-        with psycopg.connect(dsn, autocommit=True) as c:
-            deadline = time.monotonic() + 30
-            while not c.execute("SELECT lease_until > now() FROM outbox_relay").fetchone()[0]:  # type: ignore[index]
-                if time.monotonic() > deadline or relay.poll() is not None:
-                    console.print("[red]the relay did not start[/]")
-                    return 1
-                time.sleep(0.05)
-        console.print(f"burst: {transactions} business transactions from {writers} writers, relay running ...")
-        burst = _Burst(dsn, transactions, writers)
-        write_s = burst.run()
-        t0 = time.perf_counter()
-        with psycopg.connect(dsn) as c:
-            while c.execute("SELECT count(*) FROM outbox_events WHERE status = 'pending'").fetchone()[0]:  # type: ignore[index]
-                c.rollback()
-                time.sleep(0.05)
-        drain_tail = time.perf_counter() - t0
-        relay.send_signal(signal.SIGTERM)
-        relay_rc = relay.wait(15)
+        with _relay(env) as relay:
+            with psycopg.connect(dsn, autocommit=True) as c:
+                deadline = time.monotonic() + 30
+                while not c.execute("SELECT lease_until > now() FROM outbox_relay").fetchone()[0]:  # type: ignore[index]
+                    if time.monotonic() > deadline or relay.poll() is not None:
+                        console.print("[red]the relay did not start[/]")
+                        return 1
+                    time.sleep(0.05)
+            console.print(f"burst: {transactions} business transactions from {writers} writers, relay running ...")
+            burst = _Burst(dsn, transactions, writers)
+            write_s = burst.run()
+            t0 = time.perf_counter()
+            with psycopg.connect(dsn) as c:
+                while c.execute("SELECT count(*) FROM outbox_events WHERE status = 'pending'").fetchone()[0]:  # type: ignore[index]
+                    if relay.poll() is not None:
+                        console.print("[red]the relay exited before publishing everything[/]")
+                        break
+                    c.rollback()
+                    time.sleep(0.05)
+            drain_tail = time.perf_counter() - t0
+            relay.send_signal(signal.SIGTERM)
+            relay_rc = relay.wait(15)
         rds = redis.Redis.from_url(rurl, decode_responses=True)
         entries: list[tuple[str, dict[str, str]]] = rds.xrange(stream)  # type: ignore[assignment]
         rds.delete(stream)
