@@ -1,9 +1,15 @@
-"""Operator functions: status, dead letters, replay. Each takes a psycopg connection and commits itself."""
+"""Operator functions: status, dead letters, replay. Each takes a psycopg connection and commits itself.
+
+``missing_tables`` / ``tables_required`` are the one place where "relation does not exist" for an outbox
+table becomes ``SchemaNotInstalled`` (the CLI, the relay and the worker all go through them).
+"""
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -11,11 +17,39 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from outbox import schemas, sql
-from outbox.errors import OutboxError, TenantMismatch
+from outbox import migrations, schemas, sql
+from outbox.errors import OutboxError, SchemaNotInstalled, TenantMismatch
 from outbox.schemas.registry import Registry
 
 FAILED_STATUSES = ("dead", "failed")
+
+# Any outbox table named in the server's message (matched by name, not by wording: messages may be localized).
+_OUR_TABLE = re.compile(r"\b(" + "|".join(migrations.TABLES) + r")\b")
+
+
+def missing_tables(exc: BaseException) -> SchemaNotInstalled | None:
+    """``SchemaNotInstalled`` if ``exc`` says an outbox table is missing (SQLSTATE 42P01 naming one of ours) or a
+    column is (42703: the tables are older than the code, and our statements touch only our tables); else None."""
+    state = getattr(exc, "sqlstate", None)
+    if state not in ("42P01", "42703"):
+        return None
+    diag = getattr(exc, "diag", None)
+    message = str(getattr(diag, "message_primary", None) or exc).strip()
+    if state == "42P01" and not _OUR_TABLE.search(message):
+        return None
+    return SchemaNotInstalled(message)
+
+
+@contextmanager
+def tables_required() -> Iterator[None]:
+    """Inside the block, a database error for a missing outbox table or column raises ``SchemaNotInstalled``."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        missing = missing_tables(exc)
+        if missing is None:
+            raise
+        raise missing from exc
 
 
 def status(conn: psycopg.Connection[Any], *, by_tenant: bool = False) -> dict[str, Any]:

@@ -132,17 +132,12 @@ def sync(
     as_json: AsJson = False,
 ) -> None:
     """Upsert the code registry's catalog types into system_event_catalog (idempotent)."""
-    import psycopg
-
     from outbox.catalog.sync import sync_system_catalog
     from outbox.cli.main import _connect, _settings
+    from outbox.ops import tables_required
 
-    with _connect(_settings(database_url=database_url)) as conn:
-        try:
-            report = sync_system_catalog(conn)
-        except psycopg.errors.UndefinedTable:
-            err.print("[red]system_event_catalog does not exist:[/] run `outbox migrate` first")
-            raise typer.Exit(1) from None
+    with _connect(_settings(database_url=database_url)) as conn, tables_required():
+        report = sync_system_catalog(conn)
         if dry_run:
             conn.rollback()
     if as_json:

@@ -14,10 +14,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from outbox import migrate as migrations
 from outbox import ops
 from outbox.cli import catalog_cmd, schemas_cmd, simulate_cmd, worker_cmd
-from outbox.errors import ConfigurationError, OutboxError
+from outbox.errors import EXIT_TABLES_MISSING, ConfigurationError, OutboxError, SchemaNotInstalled
 from outbox.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -70,8 +69,21 @@ def _dump(data: Any) -> None:
 def migrate(
     database_url: DbUrl = None,
     sql: Annotated[bool, typer.Option("--sql", help="Print the DDL instead of applying it")] = False,
+    versions_path: Annotated[
+        bool, typer.Option("--versions-path", help="Print the directory of our Alembic revisions and exit")
+    ] = False,
 ) -> None:
-    """Create or upgrade the outbox tables (idempotent)."""
+    """Create or upgrade the outbox tables and sync the system catalog (idempotent).
+
+    If your own Alembic history holds the outbox revisions (README: Tables and migrations), this changes no
+    schema: it checks that history is not behind this release.
+    """
+    from outbox import migrate as migrations
+    from outbox import migrations as revisions
+
+    if versions_path:
+        sys.stdout.write(revisions.VERSIONS + "\n")
+        return
     if sql:
         migrations.sql()
         return
@@ -80,18 +92,23 @@ def migrate(
     if dsn is None:
         _connect(settings).close()  # surfaces libpq-variable problems with a clear message
     try:
-        migrations.upgrade(settings.database_url or "postgresql://")
-    except Exception as exc:  # alembic wraps driver errors in many ways
-        err.print(f"[red]migration failed:[/] {exc}")
+        done = migrations.upgrade(settings.database_url or "postgresql://")
+    except migrations.HostHistoryBehind as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
-    # The catalog migration fills the system catalog once; later releases change the code registry,
-    # so every migrate also brings the system catalog up to date (idempotent).
-    from outbox.catalog.sync import sync_system_catalog
-
-    with _connect(settings) as conn:
-        report = sync_system_catalog(conn)
-        conn.commit()
-    err.print(f"outbox tables are up to date; system catalog: {report.inserted} new, {report.updated} updated")
+    except Exception as exc:  # alembic wraps driver errors in many ways
+        err.print(f"[red]migration failed:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    if done.host_table is not None:
+        at = ", ".join(done.after) or "a dependency of its own revisions"
+        what = f"outbox tables are managed by your Alembic history ({done.host_table}, at {at}): schema unchanged"
+    elif done.before == done.after:
+        what = f"outbox tables are up to date ({', '.join(done.after)})"
+    else:
+        what = f"outbox tables upgraded from {', '.join(done.before) or 'nothing'} to {', '.join(done.after)}"
+    cat = done.catalog
+    assert cat is not None
+    err.print(f"{what}; system catalog: {cat.inserted} new, {cat.updated} updated", markup=False)
 
 
 @app.command()
@@ -139,7 +156,7 @@ def status(
     as_json: AsJson = False,
 ) -> None:
     """Pending rows and the age of the oldest, dead letters, failures, recent throughput, relay leader."""
-    with _connect(_settings(database_url=database_url)) as conn:
+    with _connect(_settings(database_url=database_url)) as conn, ops.tables_required():
         data = ops.status(conn, by_tenant=by_tenant)
     if as_json:
         _dump(data)
@@ -201,7 +218,7 @@ def dead_letters(
 ) -> None:
     """List dead-lettered and failed rows with their reasons."""
     flt = _filter(status_, event_id, event_type, tenant, since, until)
-    with _connect(_settings(database_url=database_url)) as conn:
+    with _connect(_settings(database_url=database_url)) as conn, ops.tables_required():
         rows = ops.dead_letters(conn, flt, limit=limit)
     if as_json:
         _dump(rows)
@@ -227,10 +244,10 @@ def replay(
 ) -> None:
     """Queue dead-lettered/failed rows again after re-validating them against the current schemas."""
     flt = _filter(status_, event_id, event_type, tenant, since, until)
-    if not (event_id or event_type or tenant or since or until or status_ != "all"):
-        err.print("[yellow]no filter given: replaying every dead-lettered and failed row[/]")
-    with _connect(_settings(database_url=database_url)) as conn:
+    with _connect(_settings(database_url=database_url)) as conn, ops.tables_required():
         total = ops.count_replayable(conn, flt)
+        if not (event_id or event_type or tenant or since or until or status_ != "all"):
+            err.print("[yellow]no filter given: replaying every dead-lettered and failed row[/]")
         with Progress(
             TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             console=err, disable=as_json or total < 1000,
@@ -273,6 +290,9 @@ def main() -> int:
     """Console-script entry point."""
     try:
         app()
+    except SchemaNotInstalled as exc:  # from any command (ops.tables_required): one line, exit code 4
+        err.print(str(exc), markup=False, highlight=False)
+        return EXIT_TABLES_MISSING
     except OutboxError as exc:
         err.print(f"[red]error:[/] {exc}")
         return 1

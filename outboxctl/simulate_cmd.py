@@ -58,6 +58,8 @@ def _record(event_type: str, payload: dict[str, Any], database_url: str | None) 
     import psycopg
 
     import outbox
+    from outbox.errors import SchemaNotInstalled
+    from outbox.ops import tables_required
     from outbox.settings import load_settings
 
     try:
@@ -69,8 +71,10 @@ def _record(event_type: str, payload: dict[str, Any], database_url: str | None) 
     except psycopg.OperationalError as exc:
         raise _fail(f"database unavailable: {str(exc).strip()}", 3) from None
     try:
-        with conn:  # commits on success, rolls back on error
+        with conn, tables_required():  # commits on success, rolls back on error
             event_id = outbox.record(conn, event_type, payload, tenant_id=str(payload.get("tenantId") or "") or None)
+    except SchemaNotInstalled:
+        raise  # one line, exit code 4 (outbox.cli.main)
     except OutboxError as exc:
         raise _fail(f"error: not recorded: {exc}", 1) from None
     except psycopg.Error as exc:

@@ -2,7 +2,7 @@
 enable, disable, remove a tenant's workflow triggers; ``runs``: list run requests.
 
 Every flag has an environment variable (``OUTBOX_WORKER_*``; URLs, stream and log level share ``OUTBOX_*``).
-Exit codes: 0 done, 1 not found / refused / tables missing, 2 invalid input or configuration, 3 unavailable.
+Exit codes: 0 done, 1 not found / refused, 2 invalid input or configuration, 3 unavailable, 4 tables missing.
 """
 
 from __future__ import annotations
@@ -195,6 +195,8 @@ _FLAGS = {
 @contextmanager
 def _db(settings: WorkerSettings) -> Iterator[psycopg.Connection[Any]]:
     """A connection for one command; typed input errors, missing tables and outages become exit codes."""
+    from outbox.ops import tables_required
+
     try:
         dsn = settings.require_database()
     except ConfigurationError as exc:
@@ -206,15 +208,12 @@ def _db(settings: WorkerSettings) -> Iterator[psycopg.Connection[Any]]:
         err.print(f"[red]database unavailable:[/] {escape(str(exc).strip())}")
         raise typer.Exit(3) from None
     try:
-        with conn:
+        with conn, tables_required():  # missing tables: SchemaNotInstalled, exit code 4 (outbox.cli.main)
             yield conn
     except WorkerInputError as exc:
         flag = _FLAGS.get(exc.field, exc.field)
         err.print(f"[red]error:[/] {escape(flag)} ({exc.field}): {escape(exc.reason)}")
         raise typer.Exit(2 if isinstance(exc, InvalidTrigger | InvalidRunStatus) else 1) from None
-    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
-        err.print("[red]the workflow tables are missing or out of date:[/] run `outbox migrate`")
-        raise typer.Exit(1) from None
 
 
 def _dump(data: Any) -> None:

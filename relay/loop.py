@@ -19,6 +19,7 @@ import psycopg
 from outbox import schemas, wire
 from outbox.errors import BrokerError, OutboxError, PayloadTooLarge, TenantMismatch
 from outbox.liveness import Liveness
+from outbox.ops import missing_tables
 from outbox.relay import metrics, sql
 from outbox.relay.publisher import Outgoing, Publisher, RedisStreamPublisher, fence_key
 from outbox.retry import backoff_delay
@@ -163,7 +164,8 @@ class Relay:
         return self._stop.is_set()
 
     def run(self, *, until_idle: bool = False) -> RelayStats:
-        """Relay until ``stop()`` (or, with ``until_idle``, until no claimable row is left). Returns counters."""
+        """Relay until ``stop()`` (or, with ``until_idle``, until no claimable row is left). Returns counters.
+        Raises ``SchemaNotInstalled`` when the outbox tables are missing, at start or later."""
         log.info("relay %s starting (stream=%s, wake=%s)", self.me, self.settings.stream, self.settings.wake)
         try:
             while not self._stop.is_set():
@@ -175,6 +177,9 @@ class Relay:
                 except _LostLease:
                     self._lose_lease("another relay holds the lease")
                 except psycopg.Error as exc:
+                    missing = missing_tables(exc)
+                    if missing is not None:  # not an outage: retrying cannot help, the process exits (code 4)
+                        raise missing from exc
                     self._on_db_error(exc)
         finally:
             self._shutdown()

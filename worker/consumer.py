@@ -36,6 +36,7 @@ import redis
 
 from outbox import schemas, wire
 from outbox.liveness import Liveness
+from outbox.ops import missing_tables
 from outbox.retry import backoff_delay, transient_reply
 from outbox.schemas.registry import Registry
 from outbox.worker import sql
@@ -48,6 +49,12 @@ log = logging.getLogger("outbox.worker")
 # SQLSTATE classes that mean "this entry's data", not "the database is unwell": data exceptions,
 # integrity violations, program limits (e.g. a jsonb value too large).
 _ENTRY_FAULT_CLASSES = ("22", "23", "54")
+
+# Every table the worker reads or writes: resolving the FROM list fails (42P01) on the first one missing.
+_TABLES_PROBE = """
+SELECT 1 FROM workflow_runtime_events, workflow_triggers, workflow_run_requests, workflow_trigger_skips,
+              system_event_catalog, event_catalog LIMIT 0
+"""
 
 # Delete idle consumers that own no pending entry, atomically (no entry can be delivered to one between the
 # check and the delete). ARGV: min idle (ms), and a single consumer name to consider ('' = any).
@@ -181,10 +188,12 @@ class Worker:
         return self._stop.is_set()
 
     def run(self, *, until_idle: bool = False) -> WorkerStats:
-        """Consume until ``stop()`` (or, with ``until_idle``, until nothing new or claimable is left)."""
+        """Consume until ``stop()`` (or, with ``until_idle``, until nothing new or claimable is left).
+        Raises ``SchemaNotInstalled`` when the workflow tables are missing, at start or later."""
         s = self.settings
         log.info("worker %s starting (stream=%s, group=%s, dlq=%s)", self.consumer, s.stream, s.group, s.dlq)
         try:
+            self._check_tables()
             self._with_redis(self._ensure_group)
             if s.consumer_gc_idle > 0:
                 self._with_redis(lambda: self._gc_consumers(int(s.consumer_gc_idle * 1000), ""))
@@ -501,7 +510,25 @@ class Worker:
             log.warning("database reachable again")
             self._db_failures = 0
 
+    def _check_tables(self) -> None:
+        """Fail now, not at the first entry, if the tables are missing; an outage is left to the batch path."""
+        try:
+            db = self._connect()
+            db.execute(_TABLES_PROBE)
+            db.rollback()
+        except psycopg.Error as exc:
+            missing = missing_tables(exc)
+            if missing is not None:
+                raise missing from exc
+            if self._db is not None:
+                with contextlib.suppress(Exception):
+                    self._db.close()
+                self._db = None
+
     def _on_db_error(self, exc: psycopg.Error) -> None:
+        missing = missing_tables(exc)
+        if missing is not None:  # not an outage: the entries in hand stay pending; the process exits (code 4)
+            raise missing from exc
         self.stats.db_errors += 1
         self.metrics.db_errors.inc()
         self._db_failures += 1
