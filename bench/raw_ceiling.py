@@ -52,12 +52,13 @@ def drain_raw(dsn: str, redis_url: str, stream: str, batch: int = 1000) -> dict[
             rows.sort(key=lambda r: r[0])  # RETURNING order is not guaranteed
             pipe = client.pipeline(transaction=False)
             for _id, eid, etype, tenant, occurred, payload, user, exe, name, frm, to, corr in rows:
-                fields = wire.encode(
-                    event_id=eid, event_type=etype, tenant=tenant, occurred_at=occurred, payload_json=payload,
-                    user_id=user, execution_id=exe, event_name=name, from_state=frm, to_state=to,
+                values = wire.values(
+                    event_id=eid, event_type=etype, tenant=tenant, timestamp=wire.iso_utc(occurred),
+                    payload_json=payload, user_id=user, execution_id=exe, event_name=name, from_state=frm, to_state=to,
                     correlation_key=corr,
                 )  # fmt: skip
-                pipe.execute_command("XADD", stream, "*", *fields)
+                flat = [x for kv in zip(wire.FIELDS, values, strict=True) for x in kv]
+                pipe.execute_command("XADD", stream, "*", *flat)
             pipe.execute()
             n += len(rows)
             batches += 1

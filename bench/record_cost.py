@@ -72,7 +72,7 @@ def _make_tx(conn: Any, variant: str, worker: int) -> Any:
     import uuid_utils.compat as uuid_utils
 
     import outbox
-    from outbox.record import utc_iso
+    from outbox.wire import iso_utc as utc_iso
 
     tenant = f"tenant-{worker % 50:04d}"
     user = str(uuid.uuid4())
@@ -316,7 +316,8 @@ def prepare_cost_us(n: int = 20_000) -> dict[str, float]:
 
     import uuid_utils.compat as uuid_utils
 
-    from outbox.record import prepare, utc_iso
+    from outbox.record import prepare
+    from outbox.wire import iso_utc as utc_iso
 
     user = str(uuid.uuid4())
     tid = str(uuid.uuid4())

@@ -81,14 +81,14 @@ def fill_stream(r: redis.Redis, stream: str, n: int, tenants: list[str]) -> floa
             "newStatusId": STATUSES[(i % 4) + 1],
             "reason": "customer confirmed the fix" if i % 3 == 0 else None,
         }
-        fields = wire.encode(
-            event_id=str(uuid.uuid4()), event_type="TICKET_STATUS_CHANGED", tenant=tenant, occurred_at=now,
+        values = wire.values(
+            event_id=str(uuid.uuid4()), event_type="TICKET_STATUS_CHANGED", tenant=tenant, timestamp=wire.iso_utc(now),
             payload_json=json.dumps({k: v for k, v in payload.items() if v is not None}),
             user_id=str(payload["actorUserId"]), event_name="ticket.status_changed",
             from_state=str(payload["previousStatusId"]), to_state=str(payload["newStatusId"]),
             correlation_key=f"ticket:{payload['ticketId']}",
         )  # fmt: skip
-        pipe.xadd(stream, dict(zip(fields[::2], fields[1::2], strict=True)))
+        pipe.xadd(stream, dict(zip(wire.FIELDS, values, strict=True)))
         if len(pipe) >= 1000:
             pipe.execute()
     pipe.execute()

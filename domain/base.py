@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 
 import outbox
 from outbox.errors import OutboxError
+from outbox.wire import iso_utc
 
 metadata = MetaData()
 
@@ -102,8 +103,7 @@ def now() -> datetime:
 
 def iso(ts: datetime | None = None) -> str:
     """ISO-8601 UTC with ``Z`` (milliseconds)."""
-    ts = ts or now()
-    return ts.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+    return iso_utc(ts or now())
 
 
 def emit(

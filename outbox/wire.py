@@ -50,40 +50,13 @@ def values(
     to_state: str | None = None,
     correlation_key: str | None = None,
 ) -> list[str]:
-    """The values of one stream entry in ``FIELDS`` order (``timestamp`` already ISO-8601 UTC)."""
+    """The values of one stream entry in ``FIELDS`` order (``timestamp`` from ``iso_utc``).
+
+    ``dict(zip(FIELDS, values(...)))`` is the entry as a field -> value mapping (for ``XADD``).
+    """
     return [
         event_id, execution_id or "", event_name or event_type, event_type, tenant, timestamp, user_id,
         from_state or "", to_state or "", payload_json, correlation_key or "",
-    ]  # fmt: skip
-
-
-def encode(
-    *,
-    event_id: str,
-    event_type: str,
-    tenant: str,
-    occurred_at: datetime,
-    payload_json: str,
-    user_id: str = "",
-    execution_id: str | None = None,
-    event_name: str | None = None,
-    from_state: str | None = None,
-    to_state: str | None = None,
-    correlation_key: str | None = None,
-) -> list[str]:
-    """Field/value list (flat, in ``FIELDS`` order) for one stream entry."""
-    return [
-        "event_id", event_id,
-        "execution_id", execution_id or "",
-        "event_name", event_name or event_type,
-        "event_type", event_type,
-        "tenant", tenant,
-        "timestamp", iso_utc(occurred_at),
-        "user_id", user_id,
-        "from_state", from_state or "",
-        "to_state", to_state or "",
-        "payload_json", payload_json,
-        "workflow_correlation_key", correlation_key or "",
     ]  # fmt: skip
 
 

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from outbox import schemas
 from outbox.errors import PayloadValidationError
 from outbox.schemas.registry import EventType, Registry
+from outbox.wire import iso_utc
 
 OptionalMode = Literal["some", "all", "none"]
 DEFAULT_TENANT = "7f3c9d2e-1a4b-4c8d-9e0f-5a6b7c8d9e01"
@@ -377,7 +378,7 @@ class _Gen:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
     def ts(self, when: datetime) -> str:
-        return when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+        return iso_utc(when)
 
     def when_for(self, name: str) -> datetime:
         n = name.lower()

@@ -130,15 +130,15 @@ def entry(
     correlation: str | None = None,
 ) -> dict[str, str]:
     """The fields of one stream entry in the flat wire format."""
-    flat = wire.encode(
+    values = wire.values(
         event_id=event_id or str(uuid.uuid4()),
         event_type=event_type,
         tenant=tenant,
-        occurred_at=datetime.now(UTC),
+        timestamp=wire.iso_utc(datetime.now(UTC)),
         payload_json=payload if isinstance(payload, str) else json.dumps(payload),
         correlation_key=correlation,
     )
-    return dict(zip(flat[::2], flat[1::2], strict=True))
+    return dict(zip(wire.FIELDS, values, strict=True))
 
 
 def xadd_all(rds: redis.Redis, stream: str, entries: list[dict[str, str]]) -> list[str]:
