@@ -5,31 +5,52 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import psycopg
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from outbox import ops
-from outbox.cli import catalog_cmd, schemas_cmd, simulate_cmd, worker_cmd
+from outbox.cli.lazy import Lazy, lazy_group, module
 from outbox.errors import EXIT_TABLES_MISSING, ConfigurationError, OutboxError, SchemaNotInstalled
-from outbox.settings import Settings, load_settings
+
+# Start-up time: the driver, the operator queries (and with them the contracts) and the sub-command
+# groups are imported when a command needs them, not for `outbox --help` (bench/startup.py).
+if TYPE_CHECKING:
+    import psycopg
+
+    from outbox import ops
+    from outbox.settings import Settings
+else:
+    psycopg = module("psycopg")
+    ops = module("outbox.ops")
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """``outbox.settings.load_settings``, imported on first use."""
+    from outbox.settings import load_settings as load
+
+    return load(**overrides)
+
 
 app = typer.Typer(
     help="Transactional outbox: migrate, run the relay, inspect and replay.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-)
-app.add_typer(schemas_cmd.app, name="schemas", help="Payload contracts: export JSON Schemas, check evolution.")
-app.add_typer(catalog_cmd.app, name="catalog", help="Event catalog: sync, list, show, export.")
-app.add_typer(worker_cmd.app, name="worker", help="Workflow worker: ingest, request runs; status, triggers, runs.")
-app.command("simulate", help="Build a realistic (or deliberately invalid) payload from an event's schema.")(
-    simulate_cmd.simulate
+    cls=lazy_group(
+        Lazy(
+            "simulate",
+            "outbox.cli.simulate_cmd:simulate",
+            "Build a realistic (or deliberately invalid) payload from an event's schema.",
+            first=True,
+        ),
+        Lazy("schemas", "outbox.cli.schemas_cmd:app", "Payload contracts: export JSON Schemas, check evolution."),
+        Lazy("catalog", "outbox.cli.catalog_cmd:app", "Event catalog: sync, list, show, export."),
+        Lazy("worker", "outbox.cli.worker_cmd:app", "Workflow worker: ingest, request runs; status, triggers, runs."),
+    ),
 )
 err = Console(stderr=True)
 out = Console()
