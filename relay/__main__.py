@@ -1,4 +1,4 @@
-"""``python -m relay``: run the relay daemon with settings from the environment."""
+"""``python -m outbox.relay``: run the relay daemon with settings from the environment."""
 
 from __future__ import annotations
 
