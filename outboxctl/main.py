@@ -115,21 +115,21 @@ def migrate(
     try:
         done = migrations.upgrade(settings.database_url or "postgresql://")
     except migrations.HostHistoryBehind as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
+        err.print(f"[red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
     except Exception as exc:  # alembic wraps driver errors in many ways
-        err.print(f"[red]migration failed:[/] {escape(str(exc))}")
+        err.print(f"[red]migration failed:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
     if done.host_table is not None:
-        at = ", ".join(done.after) or "a dependency of its own revisions"
-        what = f"outbox tables are managed by your Alembic history ({done.host_table}, at {at}): schema unchanged"
+        at = f" at {', '.join(done.after)}" if done.after else ""
+        what = f"outbox tables are managed by your Alembic history ({done.host_table}{at}): schema unchanged"
     elif done.before == done.after:
         what = f"outbox tables are up to date ({', '.join(done.after)})"
     else:
         what = f"outbox tables upgraded from {', '.join(done.before) or 'nothing'} to {', '.join(done.after)}"
     cat = done.catalog
     assert cat is not None
-    err.print(f"{what}; system catalog: {cat.inserted} new, {cat.updated} updated", markup=False)
+    err.print(f"{what}; system catalog: {cat.inserted} new, {cat.updated} updated", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -312,7 +312,7 @@ def main() -> int:
     try:
         app()
     except SchemaNotInstalled as exc:  # from any command (ops.tables_required): one line, exit code 4
-        err.print(str(exc), markup=False, highlight=False)
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         return EXIT_TABLES_MISSING
     except OutboxError as exc:
         err.print(f"[red]error:[/] {exc}")
