@@ -21,6 +21,8 @@ from domain.base import (
     metadata,
     new_id,
     now,
+    opt_aware_arg,
+    opt_uuid_arg,
     uuid_arg,
 )
 
@@ -46,19 +48,6 @@ UPDATABLE = ("name", "asset_type", "serial_number", "client_id", "warranty_end",
 WARRANTY_WINDOW_DAYS = 30
 
 
-_uuid = uuid_arg
-
-
-def _opt_uuid(name: str, value: Any) -> str | None:
-    return None if value is None else _uuid(name, value)
-
-
-def _aware(name: str, value: Any) -> datetime | None:
-    if value is not None and (not isinstance(value, datetime) or value.utcoffset() is None):
-        raise InvalidInput(f"{name} must be a timezone-aware datetime, got {value!r}")
-    return value
-
-
 def _shown(value: Any) -> Any:
     """A column value as events show it (uuids and timestamps as strings)."""
     if isinstance(value, datetime):
@@ -80,12 +69,13 @@ def create_asset(
     """Register an asset; emits ASSET_CREATED."""
     if not name.strip():
         raise InvalidInput("name must not be empty")
-    client = _opt_uuid("client_id", client_id)
+    client = opt_uuid_arg("client_id", client_id)
     aid = new_id()
     ctx.conn.execute(
         assets.insert().values(id=aid, tenant_id=ctx.tenant_id, name=name, asset_type=asset_type,
                                serial_number=serial_number, client_id=client,
-                               warranty_end=_aware("warranty_end", warranty_end), attributes=dict(attributes or {}))
+                               warranty_end=opt_aware_arg("warranty_end", warranty_end),
+                               attributes=dict(attributes or {}))
     )  # fmt: skip
     emit(ctx, "ASSET_CREATED",
          {"assetId": aid, "clientId": client, "createdByUserId": ctx.user_id, "createdAt": iso(),
@@ -103,9 +93,9 @@ def update_asset(ctx: Ctx, asset_id: str, **fields: Any) -> None:
     if "name" in new and not str(new["name"] or "").strip():
         raise InvalidInput("name must not be empty")
     if new.get("client_id") is not None:
-        new["client_id"] = uuid.UUID(_uuid("client_id", new["client_id"]))
+        new["client_id"] = uuid.UUID(uuid_arg("client_id", new["client_id"]))
     if "warranty_end" in new:
-        _aware("warranty_end", new["warranty_end"])
+        opt_aware_arg("warranty_end", new["warranty_end"])
     if "attributes" in new and not isinstance(new["attributes"], Mapping):
         raise InvalidInput("attributes must be a mapping")
     a = fetch(ctx, assets, "asset", asset_id)
@@ -159,7 +149,7 @@ def check_warranties(ctx: Ctx, *, as_of: datetime | None = None, window_days: in
 
     Returns the ids of the assets reported now; a changed warranty end date can be reported again.
     """
-    ref = _aware("as_of", as_of) or now()
+    ref = opt_aware_arg("as_of", as_of) or now()
     if isinstance(window_days, bool) or not isinstance(window_days, int) or window_days <= 0:
         raise InvalidInput(f"window_days must be a positive integer, got {window_days!r}")
     c = assets.c

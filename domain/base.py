@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import MetaData, Table
+from sqlalchemy import MetaData, Table, func
 from sqlalchemy.engine import Connection
 
 import outbox
@@ -94,6 +95,70 @@ def uuid_arg(name: str, value: Any) -> str:
         return str(uuid.UUID(str(value)))
     except ValueError:
         raise InvalidInput(f"{name} must be a UUID, got {value!r}") from None
+
+
+def opt_uuid_arg(name: str, value: Any) -> str | None:
+    """``uuid_arg`` that lets ``None`` through."""
+    return None if value is None else uuid_arg(name, value)
+
+
+def text_arg(name: str, value: Any) -> str:
+    """``value`` stripped; ``InvalidInput`` naming the argument unless it is a non-empty string."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{name} must be a non-empty string")
+    return value.strip()
+
+
+def opt_text_arg(name: str, value: Any) -> str | None:
+    """``text_arg`` that lets ``None`` through."""
+    return None if value is None else text_arg(name, value)
+
+
+def aware_arg(name: str, value: Any) -> datetime:
+    """``value`` if it is a timezone-aware datetime; ``InvalidInput`` naming the argument otherwise."""
+    if not isinstance(value, datetime) or value.utcoffset() is None:
+        raise InvalidInput(f"{name} must be a timezone-aware datetime, got {value!r}")
+    return value
+
+
+def opt_aware_arg(name: str, value: Any) -> datetime | None:
+    """``aware_arg`` that lets ``None`` through."""
+    return None if value is None else aware_arg(name, value)
+
+
+def when_arg(name: str, value: Any) -> datetime:
+    """``aware_arg``, or the current time when ``value`` is ``None``."""
+    return now() if value is None else aware_arg(name, value)
+
+
+def opt_str(value: Any) -> str | None:
+    """``str(value)``, ``None`` kept (uuids and ids as events show them)."""
+    return None if value is None else str(value)
+
+
+#: A plausible e-mail address (one @, a dot in the domain, no spaces).
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def legacy_tenant(ctx: Ctx, what: str = "legacy bus event") -> None:
+    """Refuse a non-UUID tenant up front (``what`` names the action): legacy bus payloads need a UUID ``tenantId``."""
+    try:
+        uuid.UUID(ctx.tenant_id)
+    except ValueError:
+        raise InvalidInput(f"{what}: tenant {ctx.tenant_id!r} is not a uuid, which legacy bus payloads need") from None
+
+
+def legacy_user(ctx: Ctx, what: str) -> str:
+    """The acting user for a legacy bus event (those payloads need a uuid tenant and ``userId``)."""
+    legacy_tenant(ctx, what)
+    if not ctx.user_id:
+        raise InvalidInput(f"{what} needs an acting user: the legacy event carries its userId")
+    return ctx.user_id
+
+
+def update_row(ctx: Ctx, table: Table, row: Mapping[str, Any], **values: Any) -> None:
+    """Update an entity's row (by ``row["id"]``) with ``values`` and ``updated_at = now()``."""
+    ctx.conn.execute(table.update().where(table.c.id == row["id"]).values(**values, updated_at=func.now()))
 
 
 def now() -> datetime:

@@ -32,6 +32,7 @@ from domain.base import (
     metadata,
     new_id,
     now,
+    text_arg,
     uuid_arg,
 )
 
@@ -202,16 +203,6 @@ def _date(value: Any, what: str) -> date:
         raise InvalidInput(f"{what} must be a date like '2026-01-31', got {value!r}") from None
 
 
-def _text(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInput(f"{what} must be a non-empty string")
-    return value.strip()
-
-
-def _uuid(value: Any, what: str) -> str:
-    return uuid_arg(what, value)
-
-
 def _today(today: date | str | None) -> date:
     return _date(today, "today") if today is not None else datetime.now(UTC).date()
 
@@ -254,7 +245,7 @@ def _lines(lines: Any) -> tuple[list[dict[str, str]], Decimal]:
     for n, line in enumerate(lines):
         if not isinstance(line, Mapping):
             raise InvalidInput(f"lines[{n}] must be a mapping")
-        description = _text(line.get("description"), f"lines[{n}].description")
+        description = text_arg(f"lines[{n}].description", line.get("description"))
         qty_raw = line.get("quantity", 1)
         if isinstance(qty_raw, bool) or not isinstance(qty_raw, str | int | Decimal):
             raise InvalidInput(f"lines[{n}].quantity must be a number (int, Decimal or decimal string)")
@@ -488,7 +479,7 @@ def record_payment(
     received_at: datetime | None = None,
 ) -> str:
     """Record money received from a client (unapplied until apply_payment); emits PAYMENT_RECORDED."""
-    amt, currency, method = _money(amount, "amount"), _currency(currency), _text(method, "method")
+    amt, currency, method = _money(amount, "amount"), _currency(currency), text_arg("method", method)
     if received_at is not None and (not isinstance(received_at, datetime) or received_at.utcoffset() is None):
         raise InvalidInput("received_at must be a timezone-aware datetime")
     client = fetch(ctx, crm.clients, "client", client_id, for_update=False)  # archived clients still pay their debts
@@ -550,7 +541,7 @@ def record_failed_payment(
     retryable: bool = False,
 ) -> str:
     """Record a payment attempt the gateway declined (kept as a failed payment); emits PAYMENT_FAILED."""
-    amt, currency, method = _money(amount, "amount"), _currency(currency), _text(method, "method")
+    amt, currency, method = _money(amount, "amount"), _currency(currency), text_arg("method", method)
     client = fetch(ctx, crm.clients, "client", client_id, for_update=False)
     inv_id = None
     if invoice_id is not None:
@@ -688,7 +679,7 @@ def create_contract(
     billing_frequency: str = "monthly",
 ) -> str:
     """Set up a recurring-billing contract for a client (status draft); emits CONTRACT_CREATED."""
-    name, amt, currency = _text(name, "name"), _money(amount, "amount"), _currency(currency)
+    name, amt, currency = text_arg("name", name), _money(amount, "amount"), _currency(currency)
     start = _date(start_date, "start_date")
     end = _date(end_date, "end_date") if end_date is not None else None
     if end is not None and end <= start:
@@ -716,7 +707,7 @@ def update_contract(ctx: Ctx, contract_id: str, **fields: Any) -> list[str]:
     if not fields or set(fields) - CONTRACT_FIELDS:
         raise InvalidInput(f"can update only {sorted(CONTRACT_FIELDS)}")
     if "name" in fields:
-        fields["name"] = _text(fields["name"], "name")
+        fields["name"] = text_arg("name", fields["name"])
     if "amount" in fields:
         fields["amount"] = _money(fields["amount"], "amount")
     if fields.get("end_date") is not None:
@@ -798,7 +789,7 @@ def send_renewal_reminders(
 def start_billing_run(ctx: Ctx, *, run_date: date | str | None = None, schedule_id: str | None = None) -> str:
     """Open a recurring billing run for a date (one running run per tenant); emits RECURRING_BILLING_RUN_STARTED."""
     day = _today(run_date)
-    schedule = _uuid(schedule_id, "schedule_id") if schedule_id is not None else None
+    schedule = uuid_arg("schedule_id", schedule_id) if schedule_id is not None else None
     running = ctx.conn.execute(
         select(billing_runs.c.id).where(billing_runs.c.tenant_id == ctx.tenant_id, billing_runs.c.status == "running")
     ).first()
@@ -890,7 +881,7 @@ def fail_billing_run(
     ctx: Ctx, run_id: str, *, error_message: str, error_code: str | None = None, retryable: bool = True
 ) -> None:
     """Close a running billing run that crashed outside the domain (worker died, timeout); emits ..._RUN_FAILED."""
-    error_message = _text(error_message, "error_message")
+    error_message = text_arg("error_message", error_message)
     run = fetch(ctx, billing_runs, "billing run", run_id)
     if run["status"] != "running":
         raise InvalidTransition("billing run", run["status"], "failed")

@@ -6,7 +6,6 @@ Creating or editing a client also emits the legacy COMPANY_CREATED / COMPANY_UPD
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -28,6 +27,7 @@ from sqlalchemy import (
 
 from domain import tickets as _tickets
 from domain.base import (
+    EMAIL_RE,
     Ctx,
     InvalidInput,
     InvalidTransition,
@@ -40,6 +40,7 @@ from domain.base import (
     metadata,
     new_id,
     now,
+    text_arg,
     uuid_arg,
 )
 
@@ -128,7 +129,6 @@ CLIENT_FIELDS = frozenset({"name", "industry", "website", "address"})
 CONTACT_FIELDS = frozenset({"full_name", "email", "phone", "job_title"})
 NOTE_VISIBILITY = ("public", "internal")
 BODY_PREVIEW = 120
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 # entity kinds a tag can be put on -> their table (checked for existence and tenant); see taggable()
 TAGGABLE: dict[str, Table] = {"client": clients, "contact": contacts, "ticket": _tickets.tickets}
@@ -142,20 +142,10 @@ def taggable(entity_type: str, table: Table) -> None:
 # ---- helpers -------------------------------------------------------------------------------------
 
 
-def _uuid(value: Any, what: str) -> str:
-    return uuid_arg(what, value)
-
-
-def _text(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInput(f"{what} must be a non-empty string")
-    return value.strip()
-
-
 def _email(value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not _EMAIL_RE.match(value):
+    if not isinstance(value, str) or not EMAIL_RE.match(value):
         raise InvalidInput(f"email must be an e-mail address, got {value!r}")
     return value
 
@@ -188,10 +178,10 @@ def create_client(
     ctx: Ctx, *, name: str, status: str = "prospect", owner_user_id: str | None = None, industry: str | None = None
 ) -> str:
     """Create a client; emits CLIENT_CREATED and the legacy COMPANY_CREATED."""
-    name = _text(name, "name")
+    name = text_arg("name", name)
     if status not in CLIENT_STATUSES:
         raise InvalidInput(f"status must be one of {CLIENT_STATUSES}, got {status!r}")
-    owner = _uuid(owner_user_id, "owner_user_id") if owner_user_id is not None else None
+    owner = uuid_arg("owner_user_id", owner_user_id) if owner_user_id is not None else None
     cid, at = new_id(), now()
     ctx.conn.execute(
         clients.insert().values(id=cid, tenant_id=ctx.tenant_id, name=name, status=status, industry=industry,
@@ -212,7 +202,7 @@ def update_client(ctx: Ctx, client_id: str, **fields: Any) -> list[str]:
         raise InvalidInput(f"can update only {sorted(CLIENT_FIELDS)}")
     c = _live_client(ctx, client_id, "updated")
     if "name" in fields:
-        fields["name"] = _text(fields["name"], "name")
+        fields["name"] = text_arg("name", fields["name"])
     if "address" in fields:
         if not isinstance(fields["address"], Mapping):
             raise InvalidInput("address must be a mapping of address lines")
@@ -253,7 +243,7 @@ def _set_client_status(ctx: Ctx, c: dict[str, Any], new_status: str, at: datetim
 @emits("CLIENT_OWNER_ASSIGNED")
 def assign_owner(ctx: Ctx, client_id: str, owner_user_id: str) -> None:
     """Hand a client to another account manager; emits CLIENT_OWNER_ASSIGNED."""
-    owner = _uuid(owner_user_id, "owner_user_id")
+    owner = uuid_arg("owner_user_id", owner_user_id)
     c = _live_client(ctx, client_id, "reassigned")
     previous = str(c["owner_user_id"]) if c["owner_user_id"] else None
     if previous == owner:
@@ -286,7 +276,7 @@ def create_contact(
     ctx: Ctx, client_id: str, *, full_name: str, email: str | None = None, phone: str | None = None
 ) -> str:
     """Add a contact person to a client; emits CONTACT_CREATED."""
-    full_name, email = _text(full_name, "full_name"), _email(email)
+    full_name, email = text_arg("full_name", full_name), _email(email)
     c = _live_client(ctx, client_id, "given a contact", for_update=False)
     kid, at = new_id(), now()
     ctx.conn.execute(
@@ -305,7 +295,7 @@ def update_contact(ctx: Ctx, contact_id: str, **fields: Any) -> list[str]:
     if not fields or set(fields) - CONTACT_FIELDS:
         raise InvalidInput(f"can update only {sorted(CONTACT_FIELDS)}")
     if "full_name" in fields:
-        fields["full_name"] = _text(fields["full_name"], "full_name")
+        fields["full_name"] = text_arg("full_name", fields["full_name"])
     if "email" in fields:
         fields["email"] = _email(fields["email"])
     k = _live_contact(ctx, contact_id, "updated")
@@ -373,7 +363,7 @@ def log_interaction(
     outcome: str | None = None,
 ) -> str:
     """Record a call/meeting/e-mail with a client (optionally with one of its contacts); emits INTERACTION_LOGGED."""
-    interaction_type, channel = _text(interaction_type, "interaction_type"), _text(channel, "channel")
+    interaction_type, channel = text_arg("interaction_type", interaction_type), text_arg("channel", channel)
     if occurred_at is not None and (not isinstance(occurred_at, datetime) or occurred_at.utcoffset() is None):
         raise InvalidInput("occurred_at must be a timezone-aware datetime")
     c = fetch(ctx, clients, "client", client_id, for_update=False)
@@ -405,7 +395,7 @@ def add_note(ctx: Ctx, entity_type: str, entity_id: str, body: str, *, visibilit
         raise InvalidInput(f"notes go on a client or a contact, not {entity_type!r}")
     if visibility not in NOTE_VISIBILITY:
         raise InvalidInput(f"visibility must be one of {NOTE_VISIBILITY}")
-    body = _text(body, "body")
+    body = text_arg("body", body)
     e = fetch(ctx, table, entity_type, entity_id, for_update=False)
     nid, at, eid = new_id(), now(), str(e["id"])
     ctx.conn.execute(
@@ -423,7 +413,7 @@ def add_note(ctx: Ctx, entity_type: str, entity_id: str, body: str, *, visibilit
 
 
 def _free_tag_name(ctx: Ctx, name: str) -> str:
-    name = _text(name, "tag name")
+    name = text_arg("tag name", name)
     taken = ctx.conn.execute(
         select(tags.c.id).where(tags.c.tenant_id == ctx.tenant_id, func.lower(tags.c.name) == name.lower())
     ).first()
@@ -447,7 +437,7 @@ def create_tag(ctx: Ctx, name: str) -> str:
 def rename_tag(ctx: Ctx, tag_id: str, new_name: str) -> None:
     """Rename a tag; emits TAG_DEFINITION_UPDATED with the previous and new name."""
     t = fetch(ctx, tags, "tag", tag_id)
-    name = _text(new_name, "tag name")
+    name = text_arg("tag name", new_name)
     if name == t["name"]:
         raise InvalidTransition("tag name", t["name"], name)
     if name.lower() != t["name"].lower():  # a change of case only keeps the tag's own name

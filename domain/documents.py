@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Column, DateTime, PrimaryKeyConstraint, String, Table, Text, Uuid, func, select
 
-from domain.base import Ctx, InvalidInput, NotFound, emit, emits, fetch, iso, metadata, new_id
+from domain.base import Ctx, InvalidInput, NotFound, emit, emits, fetch, iso, legacy_user, metadata, new_id
 
 documents = Table(
     "ref_documents",
@@ -76,17 +76,6 @@ def mentions(content: str | None) -> set[str]:
     return found
 
 
-def _mention_author(ctx: Ctx) -> str:
-    """The author for USER_MENTIONED_IN_DOCUMENT (a legacy payload: uuid tenant and userId)."""
-    try:
-        uuid.UUID(ctx.tenant_id)
-    except ValueError:
-        raise InvalidInput(f"tenant {ctx.tenant_id!r} is not a uuid, which USER_MENTIONED_IN_DOCUMENT needs") from None
-    if not ctx.user_id:
-        raise InvalidInput("mentioning users needs an acting user: USER_MENTIONED_IN_DOCUMENT carries its userId")
-    return ctx.user_id
-
-
 def _uploaded(ctx: Ctx, doc: dict[str, Any]) -> None:
     ctx.conn.execute(documents.insert().values(**doc))
     emit(ctx, "DOCUMENT_UPLOADED",
@@ -112,7 +101,7 @@ def create_text_document(ctx: Ctx, *, name: str, content: str) -> str:
     USER_MENTIONED_IN_DOCUMENT."""
     if not name.strip():
         raise InvalidInput("name must not be empty")
-    author = _mention_author(ctx) if mentions(content) else None
+    author = legacy_user(ctx, "mentioning users (USER_MENTIONED_IN_DOCUMENT)") if mentions(content) else None
     did = new_id()
     file_name = re.sub(r"[^\w.-]+", "-", name.strip()).strip("-") + ".md"
     _uploaded(ctx, {"id": did, "tenant_id": ctx.tenant_id, "name": name, "file_name": file_name,
@@ -133,7 +122,7 @@ def edit_text_document(ctx: Ctx, document_id: str, content: str) -> None:
     if d["content"] is None:
         raise InvalidInput(f"document {document_id} is an uploaded file, not a text document")
     added = mentions(content) - mentions(d["content"])
-    author = _mention_author(ctx) if added else None
+    author = legacy_user(ctx, "mentioning users (USER_MENTIONED_IN_DOCUMENT)") if added else None
     if content == d["content"]:
         return
     ctx.conn.execute(documents.update().where(documents.c.id == d["id"])

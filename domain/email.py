@@ -45,6 +45,7 @@ from sqlalchemy import (
 
 from domain import tickets as _tickets
 from domain.base import (
+    EMAIL_RE,
     Ctx,
     InvalidInput,
     InvalidTransition,
@@ -55,6 +56,11 @@ from domain.base import (
     metadata,
     new_id,
     now,
+    opt_str,
+    opt_text_arg,
+    text_arg,
+    update_row,
+    when_arg,
 )
 
 mailboxes = Table(
@@ -144,7 +150,6 @@ suppressions = Table(
 PROVIDER_TYPES = ("microsoft", "google")
 BOUNCE_TYPES = ("hard", "soft")
 UNSUBSCRIBE_SOURCES = ("link", "list_unsubscribe", "portal", "manual")
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _TICKET_TOKEN_RE = re.compile(r"\[(T-\d{5})\]")
 
 
@@ -152,7 +157,7 @@ _TICKET_TOKEN_RE = re.compile(r"\[(T-\d{5})\]")
 
 
 def _address(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not _EMAIL_RE.match(value.strip()):
+    if not isinstance(value, str) or not EMAIL_RE.match(value.strip()):
         raise InvalidInput(f"{what} must be an e-mail address, got {value!r}")
     return value.strip().lower()
 
@@ -168,35 +173,9 @@ def _addresses(values: Any, what: str, *, required: bool) -> list[str]:
     return out
 
 
-def _text(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInput(f"{what} must be a non-empty string")
-    return value.strip()
-
-
-def _opt_text(value: Any, what: str) -> str | None:
-    return None if value is None else _text(value, what)
-
-
-def _when(at: datetime | None, what: str) -> datetime:
-    if at is None:
-        return now()
-    if not isinstance(at, datetime) or at.utcoffset() is None:
-        raise InvalidInput(f"{what} must be a timezone-aware datetime, got {at!r}")
-    return at
-
-
 def _clean(d: Mapping[str, Any]) -> dict[str, Any]:
     """Nested payload objects: absent instead of null (the contracts reject explicit nulls)."""
     return {k: v for k, v in d.items() if v is not None}
-
-
-def _s(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _agg(message_id: Any) -> str:
-    return f"email:{message_id}"
 
 
 def _suppressed(ctx: Ctx, addresses: Sequence[str]) -> list[str]:
@@ -243,7 +222,7 @@ def connect_mailbox(ctx: Ctx, *, provider_type: str, name: str, address: str) ->
     EMAIL_PROVIDER_CONNECTED and returns the mailbox (provider) id (InvalidTransition if already connected)."""
     if provider_type not in PROVIDER_TYPES:
         raise InvalidInput(f"provider_type must be one of {PROVIDER_TYPES}, got {provider_type!r}")
-    name = _text(name, "name")
+    name = text_arg("name", name)
     mailbox = _address(address, "address")
     at = now()
     row = ctx.conn.execute(
@@ -272,7 +251,7 @@ def connect_mailbox(ctx: Ctx, *, provider_type: str, name: str, address: str) ->
 def disconnect_mailbox(ctx: Ctx, mailbox_id: str, *, reason: str | None = None) -> None:
     """Disconnect a connected mailbox (inbound processing stops); emits EMAIL_PROVIDER_DISCONNECTED."""
     mb = fetch(ctx, mailboxes, "mailbox", mailbox_id)
-    reason = _opt_text(reason, "reason")
+    reason = opt_text_arg("reason", reason)
     if mb["status"] != "connected":
         raise InvalidTransition("mailbox", mb["status"], "disconnected")
     at = now()
@@ -300,14 +279,14 @@ def _attachments(values: Any) -> list[dict[str, Any]]:
         size = a.get("size")
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise InvalidInput(f"attachments[{n}].size must be a non-negative integer, got {size!r}")
-        name = _text(a.get("name"), f"attachments[{n}].name")
-        ctype = _text(a.get("content_type"), f"attachments[{n}].content_type")
+        name = text_arg(f"attachments[{n}].name", a.get("name"))
+        ctype = text_arg(f"attachments[{n}].content_type", a.get("content_type"))
         out.append({"id": str(a.get("id") or new_id()), "name": name, "contentType": ctype, "size": size})
     return out
 
 
 def _header(value: Any, what: str) -> str:
-    text = _text(value, what)
+    text = text_arg(what, value)
     if any(c.isspace() for c in text):
         raise InvalidInput(f"{what} must be a single Message-ID, got {value!r}")
     return text
@@ -402,7 +381,7 @@ def receive_email(
         raise InvalidInput("references must be a list of Message-IDs")
     refs = [_header(r, "references") for r in references]
     files = _attachments(attachments)
-    at = _when(received_at, "received_at")
+    at = when_arg("received_at", received_at)
 
     seen = ctx.conn.execute(
         select(messages.c.id).where(messages.c.tenant_id == ctx.tenant_id, messages.c.header_id == header)
@@ -429,12 +408,13 @@ def receive_email(
         "body": _clean({"text": text, "html": html}), "inReplyTo": reply_to, "references": refs or None,
         "attachments": files or None, "receivedAt": iso(at), "tenant": ctx.tenant_id, "providerId": box,
     })  # fmt: skip
-    emit(ctx, "INBOUND_EMAIL_RECEIVED", {"emailData": data, "providerId": box}, aggregate=_agg(mid))
+    emit(ctx, "INBOUND_EMAIL_RECEIVED", {"emailData": data, "providerId": box}, aggregate=f"email:{mid}")
     if matched_by is not None:
         emit(ctx, "INBOUND_EMAIL_REPLY_RECEIVED",
-             {"messageId": mid, "threadId": tid, "ticketId": _s(thread["ticket_id"]), "from": sender, "to": to_list,
-              "subject": subject, "receivedAt": iso(at), "provider": mb["provider_type"], "matchedBy": matched_by},
-             aggregate=_agg(mid))  # fmt: skip
+             {"messageId": mid, "threadId": tid, "ticketId": opt_str(thread["ticket_id"]), "from": sender,
+              "to": to_list, "subject": subject, "receivedAt": iso(at), "provider": mb["provider_type"],
+              "matchedBy": matched_by},
+             aggregate=f"email:{mid}")  # fmt: skip
     return mid
 
 
@@ -442,7 +422,7 @@ def receive_email(
 
 
 def _queued_payload(m: Mapping[str, Any], at: datetime) -> dict[str, Any]:
-    return {"messageId": str(m["id"]), "threadId": _s(m["thread_id"]), "ticketId": _s(m["ticket_id"]),
+    return {"messageId": str(m["id"]), "threadId": opt_str(m["thread_id"]), "ticketId": opt_str(m["ticket_id"]),
             "from": m["from_address"], "to": list(m["to"]), "cc": list(m["cc"]) or None, "subject": m["subject"],
             "queuedAt": iso(at), "provider": m["provider"]}  # fmt: skip
 
@@ -470,7 +450,7 @@ def queue_email(
     cc_list = _addresses(cc, "cc", required=False)
     if set(to_list) & set(cc_list):
         raise InvalidInput("an address cannot be both in to and cc")
-    subject = _text(subject, "subject")
+    subject = text_arg("subject", subject)
     if text is None and html is None:
         raise InvalidInput("an email needs a text or an html body")
     if mailbox_id is not None:
@@ -482,7 +462,7 @@ def queue_email(
     else:
         if provider is None or from_address is None:
             raise InvalidInput("an email needs a mailbox_id, or a provider and a from_address")
-        sender, via, box = _address(from_address, "from_address"), _text(provider, "provider"), None
+        sender, via, box = _address(from_address, "from_address"), text_arg("provider", provider), None
     thread = fetch(ctx, threads, "email thread", thread_id, for_update=False) if thread_id is not None else None
     ticket = None
     if ticket_id is not None:
@@ -518,7 +498,7 @@ def queue_email(
         [{"message_id": mid, "address": a, "kind": kind, "status": "pending", "updated_at": at}
          for kind, addrs in (("to", to_list), ("cc", cc_list)) for a in addrs],
     )  # fmt: skip
-    emit(ctx, "OUTBOUND_EMAIL_QUEUED", _queued_payload(row, at), aggregate=_agg(mid), to_state="queued")
+    emit(ctx, "OUTBOUND_EMAIL_QUEUED", _queued_payload(row, at), aggregate=f"email:{mid}", to_state="queued")
     return mid
 
 
@@ -529,24 +509,20 @@ def _outbound(ctx: Ctx, message_id: str) -> dict[str, Any]:
     return m
 
 
-def _set_message(ctx: Ctx, m: Mapping[str, Any], **values: Any) -> None:
-    ctx.conn.execute(messages.update().where(messages.c.id == m["id"]).values(**values, updated_at=func.now()))
-
-
 @emits("OUTBOUND_EMAIL_SENT")
 def mark_email_sent(ctx: Ctx, message_id: str, provider_message_id: str) -> None:
     """The provider accepted a queued email (queued -> sent); emits OUTBOUND_EMAIL_SENT."""
     m = _outbound(ctx, message_id)
-    pmid = _text(provider_message_id, "provider_message_id")
+    pmid = text_arg("provider_message_id", provider_message_id)
     if m["status"] != "queued":
         raise InvalidTransition("email", m["status"], "sent")
     at = now()
-    _set_message(ctx, m, status="sent", provider_message_id=pmid, sent_at=at)
+    update_row(ctx, messages, m, status="sent", provider_message_id=pmid, sent_at=at)
     mid = str(m["id"])
     emit(ctx, "OUTBOUND_EMAIL_SENT",
-         {"messageId": mid, "providerMessageId": pmid, "threadId": _s(m["thread_id"]), "ticketId": _s(m["ticket_id"]),
-          "sentAt": iso(at), "provider": m["provider"]},
-         aggregate=_agg(mid), from_state="queued", to_state="sent")  # fmt: skip
+         {"messageId": mid, "providerMessageId": pmid, "threadId": opt_str(m["thread_id"]),
+          "ticketId": opt_str(m["ticket_id"]), "sentAt": iso(at), "provider": m["provider"]},
+         aggregate=f"email:{mid}", from_state="queued", to_state="sent")  # fmt: skip
 
 
 @emits("OUTBOUND_EMAIL_FAILED")
@@ -555,18 +531,21 @@ def mark_email_failed(
 ) -> None:
     """The provider refused or could not send a queued email (queued -> failed); emits OUTBOUND_EMAIL_FAILED."""
     m = _outbound(ctx, message_id)
-    error_message = _text(error_message, "error_message")
+    error_message = text_arg("error_message", error_message)
     if not isinstance(retryable, bool):
         raise InvalidInput(f"retryable must be a boolean, got {retryable!r}")
     if m["status"] != "queued":
         raise InvalidTransition("email", m["status"], "failed")
     at = now()
-    _set_message(ctx, m, status="failed", error_code=error_code, error_message=error_message, retryable=retryable)
+    update_row(
+        ctx, messages, m, status="failed", error_code=error_code, error_message=error_message, retryable=retryable
+    )
     mid = str(m["id"])
     emit(ctx, "OUTBOUND_EMAIL_FAILED",
-         {"messageId": mid, "threadId": _s(m["thread_id"]), "ticketId": _s(m["ticket_id"]), "failedAt": iso(at),
-          "provider": m["provider"], "errorCode": error_code, "errorMessage": error_message, "retryable": retryable},
-         aggregate=_agg(mid), from_state="queued", to_state="failed")  # fmt: skip
+         {"messageId": mid, "threadId": opt_str(m["thread_id"]), "ticketId": opt_str(m["ticket_id"]),
+          "failedAt": iso(at), "provider": m["provider"], "errorCode": error_code, "errorMessage": error_message,
+          "retryable": retryable},
+         aggregate=f"email:{mid}", from_state="queued", to_state="failed")  # fmt: skip
 
 
 @emits("OUTBOUND_EMAIL_QUEUED")
@@ -580,9 +559,9 @@ def retry_email(ctx: Ctx, message_id: str) -> None:
     if blocked:
         raise InvalidTransition("email", f"failed with suppressed recipients {blocked}", "queued")
     at = now()
-    _set_message(ctx, m, status="queued", error_code=None, error_message=None, retryable=None,
+    update_row(ctx, messages, m, status="queued", error_code=None, error_message=None, retryable=None,
                  attempts=m["attempts"] + 1)  # fmt: skip
-    emit(ctx, "OUTBOUND_EMAIL_QUEUED", _queued_payload(m, at), aggregate=_agg(m["id"]), from_state="failed",
+    emit(ctx, "OUTBOUND_EMAIL_QUEUED", _queued_payload(m, at), aggregate=f"email:{m['id']}", from_state="failed",
          to_state="queued")  # fmt: skip
 
 
@@ -623,7 +602,7 @@ def record_delivery(ctx: Ctx, message_id: str, recipient: str) -> None:
     emit(ctx, "EMAIL_DELIVERED",
          {"messageId": mid, "providerMessageId": m["provider_message_id"], "to": r["address"],
           "deliveredAt": iso(at), "provider": m["provider"]},
-         aggregate=_agg(mid), from_state=r["status"], to_state="delivered")  # fmt: skip
+         aggregate=f"email:{mid}", from_state=r["status"], to_state="delivered")  # fmt: skip
 
 
 @emits("EMAIL_BOUNCED")
@@ -652,7 +631,7 @@ def record_bounce(
     emit(ctx, "EMAIL_BOUNCED",
          {"messageId": mid, "providerMessageId": m["provider_message_id"], "to": r["address"], "bouncedAt": iso(at),
           "bounceType": bounce_type, "smtpCode": smtp_code, "smtpMessage": smtp_message, "provider": m["provider"]},
-         aggregate=_agg(mid), from_state=r["status"], to_state=status)  # fmt: skip
+         aggregate=f"email:{mid}", from_state=r["status"], to_state=status)  # fmt: skip
 
 
 @emits("EMAIL_COMPLAINT_RECEIVED", "EMAIL_UNSUBSCRIBED")
@@ -670,7 +649,7 @@ def record_complaint(ctx: Ctx, message_id: str, recipient: str, *, complaint_typ
     emit(ctx, "EMAIL_COMPLAINT_RECEIVED",
          {"messageId": mid, "providerMessageId": m["provider_message_id"], "to": r["address"],
           "complainedAt": iso(at), "provider": m["provider"], "complaintType": complaint_type},
-         aggregate=_agg(mid), from_state="delivered", to_state="complained")  # fmt: skip
+         aggregate=f"email:{mid}", from_state="delivered", to_state="complained")  # fmt: skip
     if not was_unsubscribed:
         emit(ctx, "EMAIL_UNSUBSCRIBED",
              {"recipientEmail": r["address"], "unsubscribedAt": iso(at), "source": "complaint", "messageId": mid},

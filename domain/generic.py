@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, Column, DateTime, String, Table, Text, UniqueConstraint, Uuid, select
 
-from domain.base import Ctx, InvalidInput, emit, emits, iso, metadata, new_id, now
+from domain.base import Ctx, InvalidInput, emit, emits, iso, legacy_tenant, metadata, new_id, now
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.:-]{0,99}$")
 RESERVED = frozenset(
@@ -63,13 +62,6 @@ def _name(event_name: Any) -> str:
     return event_name
 
 
-def _legacy_tenant(ctx: Ctx) -> None:
-    try:
-        uuid.UUID(ctx.tenant_id)
-    except ValueError:
-        raise InvalidInput(f"tenant {ctx.tenant_id!r} must be a UUID for legacy bus events") from None
-
-
 def _defined(ctx: Ctx, name: str) -> bool:
     stmt = select(custom_event_types.c.id).where(
         custom_event_types.c.tenant_id == ctx.tenant_id, custom_event_types.c.name == name
@@ -106,7 +98,7 @@ def emit_custom_event(ctx: Ctx, event_name: str, data: Mapping[str, Any] | None 
         json.dumps(data, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"data must be plain JSON: {exc}") from None
-    _legacy_tenant(ctx)
+    legacy_tenant(ctx)
     known = _defined(ctx, name)
     lid, at = new_id(), now()
     ctx.conn.execute(

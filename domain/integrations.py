@@ -52,15 +52,21 @@ from domain.base import (
     InvalidInput,
     InvalidTransition,
     NotFound,
+    aware_arg,
     diff,
     emit,
     emits,
     fetch,
     iso,
+    legacy_tenant,
     metadata,
     new_id,
     now,
+    opt_str,
+    opt_text_arg,
+    text_arg,
     uuid_arg,
+    when_arg,
 )
 
 integrations = Table(
@@ -222,48 +228,14 @@ FREE_MAPPING_TYPES = ("user", "service", "tax_code", "payment_term", "organizati
 # ---- helpers -------------------------------------------------------------------------------------
 
 
-_uuid = uuid_arg
-
-
-def _text(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInput(f"{what} must be a non-empty string")
-    return value.strip()
-
-
-def _opt_text(value: Any, what: str) -> str | None:
-    return None if value is None else _text(value, what)
-
-
 def _count(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidInput(f"{what} must be a non-negative integer, got {value!r}")
     return value
 
 
-def _aware(value: Any, what: str) -> datetime:
-    if not isinstance(value, datetime) or value.utcoffset() is None:
-        raise InvalidInput(f"{what} must be a timezone-aware datetime, got {value!r}")
-    return value
-
-
-def _when(at: datetime | None, what: str = "at") -> datetime:
-    return now() if at is None else _aware(at, what)
-
-
-def _s(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
 def _ms(start: datetime, end: datetime) -> int:
     return max(0, int((end - start).total_seconds() * 1000))
-
-
-def _legacy_tenant(ctx: Ctx) -> None:
-    try:
-        uuid.UUID(ctx.tenant_id)
-    except ValueError:
-        raise InvalidInput(f"tenant {ctx.tenant_id!r} must be a UUID for legacy bus events") from None
 
 
 def _integration(ctx: Ctx, integration_id: Any, *, category: str | None = None) -> dict[str, Any]:
@@ -271,7 +243,7 @@ def _integration(ctx: Ctx, integration_id: Any, *, category: str | None = None) 
     if category is not None and i["category"] != category:
         raise InvalidInput(f"integration {integration_id} is a {i['category']} integration, not {category}")
     if i["category"] in LEGACY_CATEGORIES:
-        _legacy_tenant(ctx)
+        legacy_tenant(ctx)
     return i
 
 
@@ -284,10 +256,6 @@ def _active(ctx: Ctx, i: Mapping[str, Any], wanted: str) -> dict[str, Any]:
     if row is None:
         raise InvalidTransition("integration", "disconnected", wanted)
     return dict(row)
-
-
-def _agg(integration_id: Any) -> str:
-    return f"integration:{integration_id}"
 
 
 def _base(i: Mapping[str, Any]) -> dict[str, Any]:
@@ -303,11 +271,11 @@ def install_integration(ctx: Ctx, provider: str, *, name: str | None = None) -> 
     if provider not in PROVIDERS:
         raise InvalidInput(f"unknown provider {provider!r} (one of {', '.join(PROVIDERS)})")
     if PROVIDERS[provider] in LEGACY_CATEGORIES:
-        _legacy_tenant(ctx)
+        legacy_tenant(ctx)
     iid = new_id()
     ctx.conn.execute(
         integrations.insert().values(id=iid, tenant_id=ctx.tenant_id, provider=provider, category=PROVIDERS[provider],
-                                     name=_opt_text(name, "name") or provider, created_at=now())
+                                     name=opt_text_arg("name", name) or provider, created_at=now())
     )  # fmt: skip
     return iid
 
@@ -317,7 +285,7 @@ def connect_integration(ctx: Ctx, integration_id: str, *, token_expires_at: date
     """Establish a connection (OAuth grant) to the provider; emits INTEGRATION_CONNECTED and returns the connection
     id (InvalidTransition if already connected)."""
     i = _integration(ctx, integration_id)
-    expires = _aware(token_expires_at, "token_expires_at") if token_expires_at is not None else None
+    expires = aware_arg("token_expires_at", token_expires_at) if token_expires_at is not None else None
     ctx.conn.execute(select(integrations.c.id).where(integrations.c.id == i["id"]).with_for_update())
     if ctx.conn.execute(
         select(connections.c.id).where(connections.c.integration_id == i["id"], connections.c.status == "active")
@@ -330,7 +298,7 @@ def connect_integration(ctx: Ctx, integration_id: str, *, token_expires_at: date
     )  # fmt: skip
     emit(ctx, "INTEGRATION_CONNECTED",
          {**_base(i), "connectionId": cid, "connectedAt": iso(at), "connectedByUserId": ctx.user_id},
-         aggregate=_agg(i["id"]), to_state="connected")  # fmt: skip
+         aggregate=f"integration:{i['id']}", to_state="connected")  # fmt: skip
     return cid
 
 
@@ -347,7 +315,7 @@ def _disconnect(ctx: Ctx, i: Mapping[str, Any], c: Mapping[str, Any], reason: st
     emit(ctx, "INTEGRATION_DISCONNECTED",
          {**_base(i), "connectionId": str(c["id"]), "disconnectedAt": iso(at), "disconnectedByUserId": ctx.user_id,
           "reason": reason},
-         aggregate=_agg(i["id"]), from_state="connected", to_state="disconnected")  # fmt: skip
+         aggregate=f"integration:{i['id']}", from_state="connected", to_state="disconnected")  # fmt: skip
 
 
 _DISCONNECT_EVENTS = ("INTEGRATION_DISCONNECTED", "INTEGRATION_SYNC_FAILED", "RMM_SYNC_FAILED", "CALENDAR_SYNC_FAILED")
@@ -359,7 +327,7 @@ def disconnect_integration(ctx: Ctx, integration_id: str, *, reason: str | None 
     INTEGRATION_SYNC_FAILED and its legacy twin). InvalidTransition if not connected."""
     i = _integration(ctx, integration_id)
     c = _active(ctx, i, "disconnected")
-    _disconnect(ctx, i, c, _opt_text(reason, "reason"), now())
+    _disconnect(ctx, i, c, opt_text_arg("reason", reason), now())
 
 
 # ---- token health --------------------------------------------------------------------------------
@@ -369,7 +337,7 @@ def disconnect_integration(ctx: Ctx, integration_id: str, *, reason: str | None 
 def check_tokens(ctx: Ctx, *, at: datetime | None = None, within_days: int = TOKEN_WARNING_DAYS) -> list[str]:
     """Scheduler sweep as of ``at`` (default now): emits INTEGRATION_TOKEN_EXPIRING once per token expiry of an active
     connection due within ``within_days``; returns the integration ids warned."""
-    when = _when(at)
+    when = when_arg("at", at)
     days = _count(within_days, "within_days")
     rows = ctx.conn.execute(
         select(connections, integrations.c.provider)
@@ -392,7 +360,7 @@ def check_tokens(ctx: Ctx, *, at: datetime | None = None, within_days: int = TOK
         emit(ctx, "INTEGRATION_TOKEN_EXPIRING",
              {"integrationId": iid, "provider": c["provider"], "connectionId": str(c["id"]),
               "expiresAt": iso(c["token_expires_at"]), "daysUntilExpiry": left, "notifiedAt": iso(when)},
-             aggregate=_agg(iid))  # fmt: skip
+             aggregate=f"integration:{iid}")  # fmt: skip
         out.append(iid)
     return out
 
@@ -402,7 +370,7 @@ def token_refreshed(ctx: Ctx, integration_id: str, *, expires_at: datetime) -> N
     """Record a successful token refresh (new expiry); emits nothing."""
     i = _integration(ctx, integration_id)
     c = _active(ctx, i, "refreshed")
-    expires = _aware(expires_at, "expires_at")
+    expires = aware_arg("expires_at", expires_at)
     ctx.conn.execute(connections.update().where(connections.c.id == c["id"]).values(token_expires_at=expires))
 
 
@@ -414,15 +382,15 @@ def token_refresh_failed(
     (``retryable=False``, e.g. a revoked grant), disconnects: INTEGRATION_DISCONNECTED (and a running sync fails)."""
     i = _integration(ctx, integration_id)
     c = _active(ctx, i, "token refresh")
-    error_message = _text(error_message, "error_message")
-    error_code = _opt_text(error_code, "error_code")
+    error_message = text_arg("error_message", error_message)
+    error_code = opt_text_arg("error_code", error_code)
     if not isinstance(retryable, bool):
         raise InvalidInput(f"retryable must be a boolean, got {retryable!r}")
     at = now()
     emit(ctx, "INTEGRATION_TOKEN_REFRESH_FAILED",
          {**_base(i), "connectionId": str(c["id"]), "failedAt": iso(at), "errorCode": error_code,
           "errorMessage": error_message, "retryable": retryable},
-         aggregate=_agg(i["id"]))  # fmt: skip
+         aggregate=f"integration:{i['id']}")  # fmt: skip
     if not retryable:
         _disconnect(ctx, i, c, f"token refresh failed: {error_message}", at)
 
@@ -439,9 +407,9 @@ def _calendar_legacy(ctx: Ctx, event_type: str, i: Mapping[str, Any], s: Mapping
                 mappings.c.local_id == str(s["schedule_entry_id"]))
         ).scalar()  # fmt: skip
     emit(ctx, event_type,
-         {"calendarProviderId": str(i["id"]), "scheduleEntryId": _s(s["schedule_entry_id"]),
+         {"calendarProviderId": str(i["id"]), "scheduleEntryId": opt_str(s["schedule_entry_id"]),
           "externalEventId": external, "syncDirection": s["direction"], **extra},
-         aggregate=_agg(i["id"]))  # fmt: skip
+         aggregate=f"integration:{i['id']}")  # fmt: skip
 
 
 @emits("INTEGRATION_SYNC_STARTED", "RMM_SYNC_STARTED", "CALENDAR_SYNC_STARTED")
@@ -457,7 +425,7 @@ def start_sync(
     (``scope``: an RMM sync type, default full) or CALENDAR_SYNC_STARTED (``direction``, default bidirectional;
     optionally one ``schedule_entry_id``). InvalidTransition when not connected or a job is already running."""
     i = _integration(ctx, integration_id)
-    scope = _opt_text(scope, "scope")
+    scope = opt_text_arg("scope", scope)
     if i["category"] == "rmm":
         scope = scope or "full"
         if scope not in RMM_SYNC_TYPES:
@@ -484,9 +452,11 @@ def start_sync(
     emit(ctx, "INTEGRATION_SYNC_STARTED",
          {**_base(i), "connectionId": str(c["id"]), "syncId": sid, "scope": scope, "initiatedByUserId": ctx.user_id,
           "startedAt": iso(at)},
-         aggregate=_agg(i["id"]), to_state="running")  # fmt: skip
+         aggregate=f"integration:{i['id']}", to_state="running")  # fmt: skip
     if i["category"] == "rmm":
-        emit(ctx, "RMM_SYNC_STARTED", {**_base(i), "syncType": scope, "syncId": sid}, aggregate=_agg(i["id"]))
+        emit(
+            ctx, "RMM_SYNC_STARTED", {**_base(i), "syncType": scope, "syncId": sid}, aggregate=f"integration:{i['id']}"
+        )
     elif i["category"] == "calendar":
         _calendar_legacy(ctx, "CALENDAR_SYNC_STARTED", i, row, syncId=sid)
     return sid
@@ -531,12 +501,12 @@ def complete_sync(
     emit(ctx, "INTEGRATION_SYNC_COMPLETED",
          {**_base(i), "connectionId": str(s["connection_id"]), "syncId": sid, "startedAt": iso(s["started_at"]),
           "completedAt": iso(at), "durationMs": _ms(s["started_at"], at), "summary": counts, "warnings": notes or None},
-         aggregate=_agg(i["id"]), from_state="running", to_state="completed")  # fmt: skip
+         aggregate=f"integration:{i['id']}", from_state="running", to_state="completed")  # fmt: skip
     if i["category"] == "rmm":
         emit(ctx, "RMM_SYNC_COMPLETED",
              {**_base(i), "syncType": s["scope"], "syncId": sid, "itemsProcessed": sum(counts.values()) + failed,
               "itemsCreated": counts["created"], "itemsUpdated": counts["updated"], "itemsFailed": failed},
-             aggregate=_agg(i["id"]))  # fmt: skip
+             aggregate=f"integration:{i['id']}")  # fmt: skip
     elif i["category"] == "calendar":
         cond = [mappings.c.integration_id == i["id"], mappings.c.mapping_type == "schedule_entry"]
         if s["schedule_entry_id"] is not None:
@@ -558,11 +528,11 @@ def _fail(
          {**_base(i), "connectionId": str(s["connection_id"]), "syncId": sid, "startedAt": iso(s["started_at"]),
           "failedAt": iso(at), "durationMs": _ms(s["started_at"], at), "errorCode": code, "errorMessage": message,
           "retryable": retryable},
-         aggregate=_agg(i["id"]), from_state="running", to_state="failed")  # fmt: skip
+         aggregate=f"integration:{i['id']}", from_state="running", to_state="failed")  # fmt: skip
     error = {k: v for k, v in (("message", message), ("code", code)) if v is not None}
     if i["category"] == "rmm":
         emit(ctx, "RMM_SYNC_FAILED", {**_base(i), "syncType": s["scope"], "syncId": sid, "error": error},
-             aggregate=_agg(i["id"]))  # fmt: skip
+             aggregate=f"integration:{i['id']}")  # fmt: skip
     elif i["category"] == "calendar":
         _calendar_legacy(ctx, "CALENDAR_SYNC_FAILED", i, s, syncId=sid, error=error)
 
@@ -574,8 +544,8 @@ def fail_sync(
     """End a running sync job in error (running -> failed); emits INTEGRATION_SYNC_FAILED, plus RMM_SYNC_FAILED or
     CALENDAR_SYNC_FAILED (with the error) for RMM and calendar integrations."""
     i, s = _running(ctx, sync_id, "failed")
-    message = _text(error_message, "error_message")
-    code = _opt_text(error_code, "error_code")
+    message = text_arg("error_message", error_message)
+    code = opt_text_arg("error_code", error_code)
     if not isinstance(retryable, bool):
         raise InvalidInput(f"retryable must be a boolean, got {retryable!r}")
     _fail(ctx, i, s, message, code, retryable, now())
@@ -592,8 +562,8 @@ def receive_webhook(
     INTEGRATION_WEBHOOK_RECEIVED (and RMM_WEBHOOK_RECEIVED with the raw body for an RMM provider). A webhook id
     already received is a re-delivery: None, nothing emitted."""
     i = _integration(ctx, integration_id)
-    delivery = _text(webhook_id, "webhook_id")
-    name = _text(event_name, "event_name")
+    delivery = text_arg("webhook_id", webhook_id)
+    name = text_arg("event_name", event_name)
     if not isinstance(payload, Mapping):
         raise InvalidInput("a webhook payload must be a JSON object")
     c = _active(ctx, i, "receiving webhooks")
@@ -609,14 +579,14 @@ def receive_webhook(
     emit(ctx, "INTEGRATION_WEBHOOK_RECEIVED",
          {**_base(i), "connectionId": str(c["id"]), "webhookId": delivery, "eventName": name, "receivedAt": iso(at),
           "rawPayloadRef": f"integration-webhooks/{wid}"},
-         aggregate=_agg(i["id"]))  # fmt: skip
+         aggregate=f"integration:{i['id']}")  # fmt: skip
     if i["category"] == "rmm":
         device_ref = payload.get("deviceId")
         device = _device_by_external(ctx, i, str(device_ref)) if device_ref is not None else None
         emit(ctx, "RMM_WEBHOOK_RECEIVED",
-             {**_base(i), "webhookEventType": name, "externalDeviceId": _s(device_ref),
-              "assetId": _s(device and device["asset_id"]), "rawPayload": dict(payload)},
-             aggregate=_agg(i["id"]))  # fmt: skip
+             {**_base(i), "webhookEventType": name, "externalDeviceId": opt_str(device_ref),
+              "assetId": opt_str(device and device["asset_id"]), "rawPayload": dict(payload)},
+             aggregate=f"integration:{i['id']}")  # fmt: skip
     return wid
 
 
@@ -645,10 +615,10 @@ def set_mapping(ctx: Ctx, integration_id: str, mapping_type: str, local_id: str,
         local = str(fetch(ctx, MAPPED_TABLES[mapping_type], mapping_type.replace("_", " "), local_id,
                           for_update=False)["id"])  # fmt: skip
     elif mapping_type in FREE_MAPPING_TYPES:
-        local = _text(local_id, "local_id")
+        local = text_arg("local_id", local_id)
     else:
         raise InvalidInput(f"unknown mapping type {mapping_type!r} ({sorted([*MAPPED_TABLES, *FREE_MAPPING_TYPES])})")
-    external = _text(external_id, "external_id")
+    external = text_arg("external_id", external_id)
     taken = ctx.conn.execute(
         select(mappings.c.local_id).where(mappings.c.integration_id == i["id"], mappings.c.mapping_type == mapping_type,
                                           mappings.c.external_id == external, mappings.c.local_id != local)
@@ -695,8 +665,8 @@ def external_event_changed(ctx: Ctx, integration_id: str, external_event_id: str
     CALENDAR_CONFLICT_DETECTED when the schedule entry was also changed locally since the last sync (the mapping is
     marked in conflict), else ``"pull"`` (the next sync takes the external change) with nothing emitted."""
     i = _integration(ctx, integration_id, category="calendar")
-    external = _text(external_event_id, "external_event_id")
-    modified = _aware(modified_at, "modified_at")
+    external = text_arg("external_event_id", external_event_id)
+    modified = aware_arg("modified_at", modified_at)
     m = ctx.conn.execute(
         mappings.select().where(mappings.c.integration_id == i["id"], mappings.c.mapping_type == "schedule_entry",
                                 mappings.c.external_id == external).with_for_update()
@@ -728,7 +698,7 @@ def _device_by_external(ctx: Ctx, i: Mapping[str, Any], external_device_id: str)
 
 
 def _device_payload(i: Mapping[str, Any], d: Mapping[str, Any]) -> dict[str, Any]:
-    return {**_base(i), "deviceId": str(d["id"]), "assetId": _s(d["asset_id"]),
+    return {**_base(i), "deviceId": str(d["id"]), "assetId": opt_str(d["asset_id"]),
             "externalDeviceId": d["external_device_id"], "externalOrganizationId": d["external_org_id"],
             "deviceName": d["name"], "deviceType": d["device_type"]}  # fmt: skip
 
@@ -752,10 +722,10 @@ def upsert_rmm_device(
     RMM_DEVICE_CREATED for a new (or previously deleted) device, RMM_DEVICE_UPDATED with ``changes``
     ({field: {previous, new}}) for a changed one, nothing if unchanged. ``asset_id`` links a local asset."""
     i = _integration(ctx, integration_id, category="rmm")
-    external = _text(external_device_id, "external_device_id")
+    external = text_arg("external_device_id", external_device_id)
     asset = fetch(ctx, _assets.assets, "asset", asset_id, for_update=False)["id"] if asset_id is not None else None
-    given = {"name": _opt_text(name, "name"), "device_type": _opt_text(device_type, "device_type"),
-             "external_org_id": _opt_text(external_org_id, "external_org_id"), "asset_id": asset}  # fmt: skip
+    given = {"name": opt_text_arg("name", name), "device_type": opt_text_arg("device_type", device_type),
+             "external_org_id": opt_text_arg("external_org_id", external_org_id), "asset_id": asset}  # fmt: skip
     _active(ctx, i, "reporting devices")
     d = _device_by_external(ctx, i, external)
     if d is None or d["deleted_at"] is not None:
@@ -772,7 +742,7 @@ def upsert_rmm_device(
     after = {k: (v if v is not None else d[k]) for k, v in given.items()}
     labels = {"name": "deviceName", "device_type": "deviceType", "external_org_id": "externalOrganizationId",
               "asset_id": "assetId"}  # fmt: skip
-    _, changes = diff({labels[k]: _s(d[k]) for k in after}, {labels[k]: _s(v) for k, v in after.items()})
+    _, changes = diff({labels[k]: opt_str(d[k]) for k in after}, {labels[k]: opt_str(v) for k, v in after.items()})
     if changes:
         ctx.conn.execute(rmm_devices.update().where(rmm_devices.c.id == d["id"]).values(**after))
         emit(ctx, "RMM_DEVICE_UPDATED", {**_device_payload(i, {**d, **after}), "changes": changes},
@@ -795,7 +765,7 @@ def set_device_status(ctx: Ctx, device_id: str, status: str, *, last_seen_at: da
     if status not in DEVICE_STATUSES:
         raise InvalidInput(f"status must be one of {DEVICE_STATUSES}, got {status!r}")
     i, d = _live_device(ctx, device_id, status)
-    seen = _aware(last_seen_at, "last_seen_at") if last_seen_at is not None else None
+    seen = aware_arg("last_seen_at", last_seen_at) if last_seen_at is not None else None
     if seen is None and status == "online":
         seen = now()
     if d["status"] == status:
@@ -824,7 +794,8 @@ def delete_rmm_device(ctx: Ctx, device_id: str) -> None:
 
 def _alert_payload(i: Mapping[str, Any], a: Mapping[str, Any]) -> dict[str, Any]:
     return {**_base(i), "alertId": str(a["id"]), "externalAlertId": a["external_alert_id"],
-            "externalDeviceId": a["external_device_id"], "assetId": _s(a["asset_id"]), "ticketId": _s(a["ticket_id"]),
+            "externalDeviceId": a["external_device_id"], "assetId": opt_str(a["asset_id"]),
+            "ticketId": opt_str(a["ticket_id"]),
             "severity": a["severity"], "priority": a["priority"], "message": a["message"],
             "sourceType": a["source_type"], "alertClass": a["alert_class"], "triggeredAt": iso(a["triggered_at"]),
             "resolvedAt": iso(a["resolved_at"]) if a["resolved_at"] else None}  # fmt: skip
@@ -846,10 +817,10 @@ def trigger_rmm_alert(
     """The RMM raised an alert (optionally for a known device: its asset is linked) and return its id; emits
     RMM_ALERT_TRIGGERED (an alert id still active is a re-delivery: its id, nothing emitted)."""
     i = _integration(ctx, integration_id, category="rmm")
-    external = _text(external_alert_id, "external_alert_id")
+    external = text_arg("external_alert_id", external_alert_id)
     if severity not in ALERT_SEVERITIES:
         raise InvalidInput(f"severity must be one of {ALERT_SEVERITIES}, got {severity!r}")
-    device_ref = _opt_text(external_device_id, "external_device_id")
+    device_ref = opt_text_arg("external_device_id", external_device_id)
     _active(ctx, i, "raising alerts")
     active = ctx.conn.execute(
         select(rmm_alerts.c.id).where(rmm_alerts.c.integration_id == i["id"],
@@ -861,8 +832,9 @@ def trigger_rmm_alert(
     row = {"id": uuid.UUID(new_id()), "tenant_id": ctx.tenant_id, "integration_id": i["id"],
            "external_alert_id": external, "external_device_id": device_ref,
            "asset_id": device["asset_id"] if device else None, "ticket_id": None, "severity": severity,
-           "priority": _opt_text(priority, "priority"), "message": _opt_text(message, "message"),
-           "source_type": _opt_text(source_type, "source_type"), "alert_class": _opt_text(alert_class, "alert_class"),
+           "priority": opt_text_arg("priority", priority), "message": opt_text_arg("message", message),
+           "source_type": opt_text_arg("source_type", source_type),
+           "alert_class": opt_text_arg("alert_class", alert_class),
            "status": "active", "triggered_at": now(), "resolved_at": None}  # fmt: skip
     ctx.conn.execute(rmm_alerts.insert().values(**row))
     emit(ctx, "RMM_ALERT_TRIGGERED", _alert_payload(i, row), aggregate=f"rmm-alert:{row['id']}", to_state="active")
@@ -900,7 +872,7 @@ def create_accounting_export(ctx: Ctx, integration_id: str, invoice_ids: Iterabl
     i = _integration(ctx, integration_id, category="accounting")
     if isinstance(invoice_ids, str | bytes):
         raise InvalidInput("invoice_ids must be a list of invoice ids")
-    ids = [_uuid("invoice_ids", v) for v in invoice_ids]
+    ids = [uuid_arg("invoice_ids", v) for v in invoice_ids]
     if not ids or len(set(ids)) != len(ids):
         raise InvalidInput("invoice_ids must name at least one invoice, without duplicates")
     for v in ids:
@@ -948,12 +920,12 @@ def complete_accounting_export(
     i, b, lines = _pending_export(ctx, batch_id, "delivered")
     if isinstance(failed_invoice_ids, str | bytes):
         raise InvalidInput("failed_invoice_ids must be a list of invoice ids")
-    failed = {_uuid("failed_invoice_ids", v) for v in failed_invoice_ids}
+    failed = {uuid_arg("failed_invoice_ids", v) for v in failed_invoice_ids}
     if failed - set(lines):
         raise InvalidInput(f"invoices {sorted(failed - set(lines))} are not in batch {batch_id}")
     if failed == set(lines):
         raise InvalidInput("nothing was delivered: report the batch with fail_accounting_export")
-    message = _opt_text(error_message, "error_message")
+    message = opt_text_arg("error_message", error_message)
     if failed and message is None:
         raise InvalidInput("a partial delivery needs the error_message of the failed invoices")
     delivered = [lines[v] for v in sorted(lines) if v not in failed]
@@ -981,8 +953,8 @@ def fail_accounting_export(
     """The adapter could not deliver a pending batch (pending -> failed; its invoices may be exported again); emits
     ACCOUNTING_EXPORT_FAILED with the error (message, adapter code, HTTP status)."""
     i, b, _ = _pending_export(ctx, batch_id, "failed")
-    error = {k: v for k, v in (("message", _text(message, "message")), ("code", _opt_text(code, "code")),
-                               ("status", _opt_text(status, "status"))) if v is not None}  # fmt: skip
+    error = {k: v for k, v in (("message", text_arg("message", message)), ("code", opt_text_arg("code", code)),
+                               ("status", opt_text_arg("status", status))) if v is not None}  # fmt: skip
     ctx.conn.execute(export_lines.update().where(export_lines.c.batch_id == b["id"]).values(status="failed"))
     ctx.conn.execute(exports.update().where(exports.c.id == b["id"]).values(status="failed", completed_at=now(),
                                                                             error=error))  # fmt: skip

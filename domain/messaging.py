@@ -7,12 +7,11 @@ so the stream entry carries the acting user.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 
 from sqlalchemy import Column, DateTime, ForeignKey, String, Table, Text, Uuid, select
 
-from domain.base import Ctx, InvalidInput, emit, emits, fetch, iso, metadata, new_id, now, uuid_arg
+from domain.base import Ctx, InvalidInput, emit, emits, fetch, iso, legacy_tenant, metadata, new_id, now, uuid_arg
 
 PREVIEW_CHARS = 120
 
@@ -47,13 +46,10 @@ direct_messages = Table(
 )
 
 
-_uuid = uuid_arg
-
-
 def _acting_user(ctx: Ctx) -> str:
     if not ctx.user_id:
         raise InvalidInput("messaging needs an acting user")
-    return _uuid("user_id", ctx.user_id)
+    return uuid_arg("user_id", ctx.user_id)
 
 
 @emits()
@@ -62,7 +58,7 @@ def start_conversation(ctx: Ctx, participants: Mapping[str, str]) -> str:
     me = _acting_user(ctx)
     if not isinstance(participants, Mapping):
         raise InvalidInput("participants must map user ids to display names")
-    people = {_uuid("participant", k): v for k, v in participants.items()}
+    people = {uuid_arg("participant", k): v for k, v in participants.items()}
     if me not in people:
         raise InvalidInput("the acting user must be a participant (with a display name)")
     if len(people) < 2:
@@ -82,13 +78,10 @@ def send_message(ctx: Ctx, conversation_id: str, recipient_id: str, body: str) -
     """Send a direct message to another member of the conversation; emits the legacy MESSAGE_SENT."""
     conv = fetch(ctx, conversations, "conversation", conversation_id)
     sender = _acting_user(ctx)
-    recipient = _uuid("recipient_id", recipient_id)
+    recipient = uuid_arg("recipient_id", recipient_id)
     if not isinstance(body, str) or not body.strip():
         raise InvalidInput("message body must not be empty")
-    try:
-        uuid.UUID(ctx.tenant_id)
-    except ValueError:
-        raise InvalidInput(f"tenant {ctx.tenant_id!r} must be a UUID for legacy bus events") from None
+    legacy_tenant(ctx, "MESSAGE_SENT")
     rows = ctx.conn.execute(
         select(members.c.user_id, members.c.display_name).where(members.c.conversation_id == conv["id"])
     )

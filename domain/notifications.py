@@ -19,7 +19,21 @@ from typing import Any
 
 from sqlalchemy import Boolean, Column, DateTime, PrimaryKeyConstraint, String, Table, Text, Uuid, func, select
 
-from domain.base import Ctx, InvalidInput, InvalidTransition, emit, emits, fetch, iso, metadata, new_id, now
+from domain.base import (
+    Ctx,
+    InvalidInput,
+    InvalidTransition,
+    emit,
+    emits,
+    fetch,
+    iso,
+    metadata,
+    new_id,
+    now,
+    opt_text_arg,
+    text_arg,
+    update_row,
+)
 
 notifications = Table(
     "ref_notifications",
@@ -70,28 +84,8 @@ def _channel(value: Any) -> str:
     return str(value)
 
 
-def _text(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidInput(f"{what} must be a non-empty string")
-    return value.strip()
-
-
-def _opt_text(value: Any, what: str) -> str | None:
-    return None if value is None else _text(value, what)
-
-
-def _agg(notification_id: Any) -> str:
-    return f"notification:{notification_id}"
-
-
 def _base(n: Any) -> dict[str, Any]:
     return {"notificationId": str(n["id"]), "channel": n["channel"], "recipientId": n["recipient_id"]}
-
-
-def _set(ctx: Ctx, n: Any, **values: Any) -> None:
-    ctx.conn.execute(
-        notifications.update().where(notifications.c.id == n["id"]).values(**values, updated_at=func.now())
-    )
 
 
 @emits()
@@ -127,10 +121,10 @@ def notify(
     wanted = [_channel(c) for c in channels]
     if len(set(wanted)) != len(wanted):
         raise InvalidInput("channels has duplicates")
-    title = _text(title, "title")
-    template_id = _opt_text(template_id, "template_id")
-    context_type = _opt_text(context_type, "context_type")
-    context_id = _opt_text(context_id, "context_id")
+    title = text_arg("title", title)
+    template_id = opt_text_arg("template_id", template_id)
+    context_type = opt_text_arg("context_type", context_type)
+    context_id = opt_text_arg("context_id", context_id)
     if (context_type is None) != (context_id is None):
         raise InvalidInput("context_type and context_id go together")
     off = {
@@ -153,9 +147,9 @@ def notify(
         emit(ctx, "NOTIFICATION_SENT",
              {**_base(row), "sentAt": iso(at), "templateId": template_id, "contextType": context_type,
               "contextId": context_id},
-             aggregate=_agg(nid), to_state="sent")  # fmt: skip
+             aggregate=f"notification:{nid}", to_state="sent")  # fmt: skip
         if in_app:
-            emit(ctx, "NOTIFICATION_DELIVERED", {**_base(row), "deliveredAt": iso(at)}, aggregate=_agg(nid),
+            emit(ctx, "NOTIFICATION_DELIVERED", {**_base(row), "deliveredAt": iso(at)}, aggregate=f"notification:{nid}",
                  from_state="sent", to_state="delivered")  # fmt: skip
         ids.append(nid)
     return ids
@@ -165,13 +159,13 @@ def notify(
 def mark_delivered(ctx: Ctx, notification_id: str, *, provider_message_id: str | None = None) -> None:
     """The channel's provider confirmed delivery (sent -> delivered); emits NOTIFICATION_DELIVERED."""
     n = fetch(ctx, notifications, "notification", notification_id)
-    pmid = _opt_text(provider_message_id, "provider_message_id")
+    pmid = opt_text_arg("provider_message_id", provider_message_id)
     if n["status"] != "sent":
         raise InvalidTransition("notification", n["status"], "delivered")
     at = now()
-    _set(ctx, n, status="delivered", delivered_at=at, provider_message_id=pmid)
+    update_row(ctx, notifications, n, status="delivered", delivered_at=at, provider_message_id=pmid)
     emit(ctx, "NOTIFICATION_DELIVERED", {**_base(n), "deliveredAt": iso(at), "providerMessageId": pmid},
-         aggregate=_agg(n["id"]), from_state="sent", to_state="delivered")  # fmt: skip
+         aggregate=f"notification:{n['id']}", from_state="sent", to_state="delivered")  # fmt: skip
 
 
 @emits("NOTIFICATION_FAILED")
@@ -180,18 +174,18 @@ def mark_failed(
 ) -> None:
     """The channel's provider could not deliver (sent -> failed); emits NOTIFICATION_FAILED."""
     n = fetch(ctx, notifications, "notification", notification_id)
-    error_message = _text(error_message, "error_message")
-    error_code = _opt_text(error_code, "error_code")
+    error_message = text_arg("error_message", error_message)
+    error_code = opt_text_arg("error_code", error_code)
     if not isinstance(retryable, bool):
         raise InvalidInput(f"retryable must be a boolean, got {retryable!r}")
     if n["status"] != "sent":
         raise InvalidTransition("notification", n["status"], "failed")
     at = now()
-    _set(ctx, n, status="failed", error_code=error_code, error_message=error_message)
+    update_row(ctx, notifications, n, status="failed", error_code=error_code, error_message=error_message)
     emit(ctx, "NOTIFICATION_FAILED",
          {**_base(n), "failedAt": iso(at), "errorCode": error_code, "errorMessage": error_message,
           "retryable": retryable},
-         aggregate=_agg(n["id"]), from_state="sent", to_state="failed")  # fmt: skip
+         aggregate=f"notification:{n['id']}", from_state="sent", to_state="failed")  # fmt: skip
 
 
 def _reader(ctx: Ctx) -> str:
@@ -202,9 +196,9 @@ def _reader(ctx: Ctx) -> str:
 
 
 def _read(ctx: Ctx, n: Any, client: str | None, at: datetime) -> None:
-    _set(ctx, n, status="read", read_at=at)
-    emit(ctx, "NOTIFICATION_READ", {**_base(n), "readAt": iso(at), "client": client}, aggregate=_agg(n["id"]),
-         from_state=n["status"], to_state="read")  # fmt: skip
+    update_row(ctx, notifications, n, status="read", read_at=at)
+    emit(ctx, "NOTIFICATION_READ", {**_base(n), "readAt": iso(at), "client": client},
+         aggregate=f"notification:{n['id']}", from_state=n["status"], to_state="read")  # fmt: skip
 
 
 @emits("NOTIFICATION_READ")
@@ -214,7 +208,7 @@ def mark_read(ctx: Ctx, notification_id: str, *, client: str | None = None) -> N
     n = fetch(ctx, notifications, "notification", notification_id)
     if _reader(ctx) != n["recipient_id"]:
         raise InvalidInput(f"notification {notification_id} is not addressed to the acting user or contact")
-    client = _opt_text(client, "client")
+    client = opt_text_arg("client", client)
     if n["channel"] not in READABLE:
         raise InvalidInput(f"a {n['channel']} notification has no read receipt")
     if n["status"] not in ("sent", "delivered"):
@@ -227,7 +221,7 @@ def mark_all_read(ctx: Ctx, *, client: str | None = None) -> list[str]:
     """The acting user or contact cleared their in-app inbox; emits NOTIFICATION_READ per unread in-app
     notification and returns their ids (oldest first)."""
     who = _reader(ctx)
-    client = _opt_text(client, "client")
+    client = opt_text_arg("client", client)
     rows = ctx.conn.execute(
         notifications.select()
         .where(notifications.c.tenant_id == ctx.tenant_id, notifications.c.recipient_id == who,

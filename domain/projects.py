@@ -41,8 +41,11 @@ from domain.base import (
     emits,
     fetch,
     iso,
+    legacy_user,
     metadata,
     new_id,
+    opt_str,
+    opt_uuid_arg,
     uuid_arg,
 )
 
@@ -123,13 +126,6 @@ UPDATABLE = ("name", "description", "client_id", "start_date", "end_date", "sett
 # ---- helpers -------------------------------------------------------------------------------------------
 
 
-_uuid = uuid_arg
-
-
-def _opt_uuid(name: str, value: Any) -> str | None:
-    return None if value is None else _uuid(name, value)
-
-
 def _day(name: str, value: date | str | None) -> date | None:
     if value is None or (isinstance(value, date) and not isinstance(value, datetime)):
         return value
@@ -139,10 +135,6 @@ def _day(name: str, value: date | str | None) -> date | None:
         except ValueError:
             pass
     raise InvalidInput(f"{name} must be a date (YYYY-MM-DD), got {value!r}")
-
-
-def _str(v: Any) -> str | None:
-    return None if v is None else str(v)
 
 
 def _diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[list[str], dict[str, Any]]:
@@ -155,18 +147,7 @@ def _shown(key: str, value: Any) -> Any:
     """A project column's value as events show it (uuids and dates as strings)."""
     if isinstance(value, date):
         return value.isoformat()
-    return _str(value) if key == "client_id" else value
-
-
-def _legacy_user(ctx: Ctx, what: str) -> str:
-    """The acting user for a legacy bus event (those payloads need a uuid tenant and ``userId``)."""
-    try:
-        uuid.UUID(ctx.tenant_id)
-    except ValueError:
-        raise InvalidInput(f"{what}: tenant {ctx.tenant_id!r} is not a uuid, which the legacy event needs") from None
-    if not ctx.user_id:
-        raise InvalidInput(f"{what} needs an acting user: the legacy event carries its userId")
-    return ctx.user_id
+    return opt_str(value) if key == "client_id" else value
 
 
 def _open_project(ctx: Ctx, project_id: Any, wanted: str) -> dict[str, Any]:
@@ -236,14 +217,14 @@ def create_project(
     start, end = _day("start_date", start_date), _day("end_date", end_date)
     if start and end and end < start:
         raise InvalidInput("end_date must not be before start_date")
-    manager = _opt_uuid("manager_id", manager_id)
+    manager = opt_uuid_arg("manager_id", manager_id)
     if manager:
-        _legacy_user(ctx, "creating a project with a manager")
+        legacy_user(ctx, "creating a project with a manager")
     pid = new_id()
     ctx.conn.execute(
         projects.insert().values(
             id=pid, tenant_id=ctx.tenant_id, name=name, description=description, status="planned",
-            client_id=_opt_uuid("client_id", client_id), manager_id=manager, start_date=start,
+            client_id=opt_uuid_arg("client_id", client_id), manager_id=manager, start_date=start,
             end_date=end, settings=dict(settings or {}),
         )
     )  # fmt: skip
@@ -270,7 +251,7 @@ def update_project(ctx: Ctx, project_id: str, **fields: Any) -> None:
         if k in new:
             new[k] = _day(k, new[k])
     if "client_id" in new and new["client_id"] is not None:
-        new["client_id"] = uuid.UUID(_uuid("client_id", new["client_id"]))
+        new["client_id"] = uuid.UUID(uuid_arg("client_id", new["client_id"]))
     if "settings" in new and not isinstance(new["settings"], Mapping):
         raise InvalidInput("settings must be a mapping")
     start, end = new.get("start_date", p["start_date"]), new.get("end_date", p["end_date"])
@@ -289,10 +270,10 @@ def update_project(ctx: Ctx, project_id: str, **fields: Any) -> None:
 @emits("PROJECT_ASSIGNED")
 def assign_project(ctx: Ctx, project_id: str, manager_id: str) -> None:
     """Make a user the project's manager; emits the legacy PROJECT_ASSIGNED (userId: who did it)."""
-    user = _legacy_user(ctx, "assigning a project")
-    manager = _uuid("manager_id", manager_id)
+    user = legacy_user(ctx, "assigning a project")
+    manager = uuid_arg("manager_id", manager_id)
     p = _open_project(ctx, project_id, "assigned")
-    old = _str(p["manager_id"])
+    old = opt_str(p["manager_id"])
     if old == manager:
         raise InvalidInput(f"project is already managed by {manager}")
     ctx.conn.execute(
@@ -313,7 +294,7 @@ def change_project_status(ctx: Ctx, project_id: str, new_status: str) -> None:
     if new_status not in PROJECT_NEXT[old]:
         raise InvalidTransition("project", old, new_status)
     closing = new_status in CLOSED_STATUSES
-    user = _legacy_user(ctx, "closing a project") if closing else None
+    user = legacy_user(ctx, "closing a project") if closing else None
     ctx.conn.execute(
         projects.update()
         .where(projects.c.id == p["id"])
@@ -326,7 +307,7 @@ def change_project_status(ctx: Ctx, project_id: str, new_status: str) -> None:
     if closing:
         emit(ctx, "PROJECT_CLOSED",
              {"projectId": pid, "userId": user, "changes": {"status": {"is_closed": True}},
-              "assignedTo": _str(p["manager_id"])},
+              "assignedTo": opt_str(p["manager_id"])},
              aggregate=f"project:{pid}", from_state=old, to_state=new_status)  # fmt: skip
 
 
@@ -355,9 +336,9 @@ def assign_task(ctx: Ctx, task_id: str, assignee_id: str, assignee_type: str = "
     """Give a task to a user or team (its primary assignee); emits PROJECT_TASK_ASSIGNED."""
     if assignee_type not in ASSIGNEE_TYPES:
         raise InvalidInput(f"assignee_type must be one of {ASSIGNEE_TYPES}, got {assignee_type!r}")
-    who = _uuid("assignee_id", assignee_id)
+    who = uuid_arg("assignee_id", assignee_id)
     t, p = _task(ctx, task_id, "task assigned")
-    if (_str(t["assignee_id"]), t["assignee_type"]) == (who, assignee_type):
+    if (opt_str(t["assignee_id"]), t["assignee_type"]) == (who, assignee_type):
         raise InvalidInput(f"task is already assigned to {assignee_type} {who}")
     ctx.conn.execute(tasks.update().where(tasks.c.id == t["id"])
                      .values(assignee_id=who, assignee_type=assignee_type, updated_at=func.now()))  # fmt: skip
@@ -370,8 +351,8 @@ def assign_task(ctx: Ctx, task_id: str, assignee_id: str, assignee_type: str = "
 @emits("PROJECT_TASK_ADDITIONAL_AGENT_ASSIGNED")
 def add_task_agent(ctx: Ctx, task_id: str, user_id: str) -> None:
     """Add a helping agent to a task that has a user assignee; emits PROJECT_TASK_ADDITIONAL_AGENT_ASSIGNED."""
-    by = _legacy_user(ctx, "adding an agent to a task")
-    agent = _uuid("user_id", user_id)
+    by = legacy_user(ctx, "adding an agent to a task")
+    agent = uuid_arg("user_id", user_id)
     t, p = _task(ctx, task_id, "agent added")
     if t["assignee_type"] != "user":
         raise InvalidTransition("project task", "without a user assignee", "additional agent")
@@ -482,7 +463,7 @@ def remove_task_dependency(ctx: Ctx, task_id: str, blocked_by_task_id: str) -> N
 @emits("TASK_COMMENT_ADDED")
 def add_task_comment(ctx: Ctx, task_id: str, content: str) -> str:
     """Comment on a task; emits the legacy TASK_COMMENT_ADDED (userId: the author)."""
-    user = _legacy_user(ctx, "commenting on a task")
+    user = legacy_user(ctx, "commenting on a task")
     if not content.strip():
         raise InvalidInput("a comment must not be empty")
     t = fetch(ctx, tasks, "project task", task_id, for_update=False)
@@ -499,7 +480,7 @@ def add_task_comment(ctx: Ctx, task_id: str, content: str) -> str:
 @emits("TASK_COMMENT_UPDATED")
 def update_task_comment(ctx: Ctx, comment_id: str, content: str) -> None:
     """The author edits a task comment; emits the legacy TASK_COMMENT_UPDATED with old and new content."""
-    user = _legacy_user(ctx, "editing a task comment")
+    user = legacy_user(ctx, "editing a task comment")
     if not content.strip():
         raise InvalidInput("a comment must not be empty")
     c = fetch(ctx, comments, "task comment", comment_id)

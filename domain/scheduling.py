@@ -46,8 +46,12 @@ from domain.base import (
     emits,
     fetch,
     iso,
+    legacy_tenant,
+    legacy_user,
     metadata,
     new_id,
+    opt_str,
+    opt_uuid_arg,
     uuid_arg,
 )
 
@@ -135,13 +139,6 @@ _TIME_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 # ---- argument checks ----------------------------------------------------------------------------------
 
 
-_uuid = uuid_arg
-
-
-def _opt_uuid(name: str, value: Any) -> str | None:
-    return None if value is None else _uuid(name, value)
-
-
 def _zone(tz: str) -> ZoneInfo:
     try:
         return ZoneInfo(tz)
@@ -162,22 +159,7 @@ def _assignee(assignee_id: str | None, assignee_type: str | None) -> tuple[str |
         return None, None
     if assignee_type not in ASSIGNEE_TYPES:
         raise InvalidInput(f"assignee_type must be one of {ASSIGNEE_TYPES}, got {assignee_type!r}")
-    return _uuid("assignee_id", assignee_id), assignee_type
-
-
-def _legacy_user(ctx: Ctx, what: str) -> str:
-    """The acting user for a SCHEDULE_ENTRY_* event (legacy payloads need a uuid tenant and ``userId``)."""
-    _legacy_tenant(ctx)
-    if not ctx.user_id:
-        raise InvalidInput(f"{what} needs an acting user: the legacy SCHEDULE_ENTRY_* event carries userId")
-    return ctx.user_id
-
-
-def _legacy_tenant(ctx: Ctx) -> None:
-    try:
-        uuid.UUID(ctx.tenant_id)
-    except ValueError:
-        raise InvalidInput(f"tenant {ctx.tenant_id!r} is not a uuid, which the legacy scheduling events need") from None
+    return uuid_arg("assignee_id", assignee_id), assignee_type
 
 
 def _check_ticket(ctx: Ctx, ticket_id: str | None) -> str | None:
@@ -201,10 +183,6 @@ def _check_free(ctx: Ctx, owner_id: str | None, start_at: datetime, end_at: date
     ).first()
     if hit is not None:
         raise InvalidInput(f"{owner_id} is blocked between {iso(start_at)} and {iso(end_at)} (block {hit[0]})")
-
-
-def _str(v: Any) -> str | None:
-    return None if v is None else str(v)
 
 
 # ---- team capacity --------------------------------------------------------------------------------------
@@ -258,7 +236,7 @@ class _CapacityWatch:
 @emits()
 def set_team_capacity(ctx: Ctx, team_id: str, *, daily_hours: float, timezone: str = "UTC") -> None:
     """Set a team's bookable hours per day (in ``timezone``); emits nothing."""
-    team = _uuid("team_id", team_id)
+    team = uuid_arg("team_id", team_id)
     _zone(timezone)
     if isinstance(daily_hours, bool) or not isinstance(daily_hours, int | float) or daily_hours <= 0:
         raise InvalidInput(f"daily_hours must be a positive number, got {daily_hours!r}")
@@ -277,8 +255,8 @@ def set_team_capacity(ctx: Ctx, team_id: str, *, daily_hours: float, timezone: s
 def _snapshot(a: Mapping[str, Any]) -> dict[str, Any]:
     """The schedule-entry fields a legacy consumer sees (for SCHEDULE_ENTRY_* ``changes``)."""
     return {"startAt": iso(a["start_at"]), "endAt": iso(a["end_at"]), "timezone": a["timezone"],
-            "assigneeId": _str(a["assignee_id"]), "assigneeType": a["assignee_type"], "status": a["status"],
-            "ticketId": _str(a["ticket_id"]), "location": a["location"]}  # fmt: skip
+            "assigneeId": opt_str(a["assignee_id"]), "assigneeType": a["assignee_type"], "status": a["status"],
+            "ticketId": opt_str(a["ticket_id"]), "location": a["location"]}  # fmt: skip
 
 
 def _entry_updated(ctx: Ctx, before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
@@ -290,13 +268,13 @@ def _entry_updated(ctx: Ctx, before: Mapping[str, Any], after: Mapping[str, Any]
 
 def _book(ctx: Ctx, row: dict[str, Any]) -> None:
     """Insert an appointment row and emit APPOINTMENT_CREATED + SCHEDULE_ENTRY_CREATED (+ capacity)."""
-    _check_free(ctx, _str(row["assignee_id"]), row["start_at"], row["end_at"])
+    _check_free(ctx, opt_str(row["assignee_id"]), row["start_at"], row["end_at"])
     watch = _CapacityWatch(ctx, row)
     ctx.conn.execute(appointments.insert().values(**row))
     aid, ts = str(row["id"]), iso()
     emit(ctx, "APPOINTMENT_CREATED",
-         {"appointmentId": aid, "ticketId": _str(row["ticket_id"]), "startAt": iso(row["start_at"]),
-          "endAt": iso(row["end_at"]), "timezone": row["timezone"], "assigneeId": _str(row["assignee_id"]),
+         {"appointmentId": aid, "ticketId": opt_str(row["ticket_id"]), "startAt": iso(row["start_at"]),
+          "endAt": iso(row["end_at"]), "timezone": row["timezone"], "assigneeId": opt_str(row["assignee_id"]),
           "assigneeType": row["assignee_type"], "createdByUserId": ctx.user_id, "createdAt": ts,
           "location": row["location"]},
          aggregate=f"appointment:{aid}", to_state="scheduled")  # fmt: skip
@@ -318,7 +296,7 @@ def create_appointment(
     location: str | None = None,
 ) -> str:
     """Book an appointment; emits APPOINTMENT_CREATED, SCHEDULE_ENTRY_CREATED (and CAPACITY_THRESHOLD_REACHED)."""
-    _legacy_user(ctx, "booking an appointment")
+    legacy_user(ctx, "booking an appointment")
     _span(start_at, end_at)
     _zone(timezone)
     who, kind = _assignee(assignee_id, assignee_type)
@@ -342,19 +320,19 @@ def reschedule_appointment(
     ctx: Ctx, appointment_id: str, *, start_at: datetime, end_at: datetime, reason: str | None = None
 ) -> None:
     """Move a scheduled appointment; emits APPOINTMENT_RESCHEDULED + SCHEDULE_ENTRY_UPDATED (and capacity)."""
-    _legacy_user(ctx, "rescheduling an appointment")
+    legacy_user(ctx, "rescheduling an appointment")
     a = _scheduled(ctx, appointment_id, "rescheduled")
     _span(start_at, end_at)
     if (start_at, end_at) == (a["start_at"], a["end_at"]):
         raise InvalidInput("the appointment is already at that time")
-    _check_free(ctx, _str(a["assignee_id"]), start_at, end_at)
+    _check_free(ctx, opt_str(a["assignee_id"]), start_at, end_at)
     after = {**a, "start_at": start_at, "end_at": end_at}
     watch = _CapacityWatch(ctx, a, after)
     ctx.conn.execute(appointments.update().where(appointments.c.id == a["id"])
                      .values(start_at=start_at, end_at=end_at, updated_at=func.now()))  # fmt: skip
     aid = str(a["id"])
     emit(ctx, "APPOINTMENT_RESCHEDULED",
-         {"appointmentId": aid, "ticketId": _str(a["ticket_id"]), "previousStartAt": iso(a["start_at"]),
+         {"appointmentId": aid, "ticketId": opt_str(a["ticket_id"]), "previousStartAt": iso(a["start_at"]),
           "previousEndAt": iso(a["end_at"]), "newStartAt": iso(start_at), "newEndAt": iso(end_at),
           "timezone": a["timezone"], "rescheduledAt": iso(), "reason": reason},
          aggregate=f"appointment:{aid}")  # fmt: skip
@@ -365,10 +343,10 @@ def reschedule_appointment(
 @emits("APPOINTMENT_ASSIGNED", "SCHEDULE_ENTRY_UPDATED", "CAPACITY_THRESHOLD_REACHED")
 def assign_appointment(ctx: Ctx, appointment_id: str, assignee_id: str, assignee_type: str = "user") -> None:
     """Give a scheduled appointment to a user or team; emits APPOINTMENT_ASSIGNED + SCHEDULE_ENTRY_UPDATED."""
-    _legacy_user(ctx, "assigning an appointment")
+    legacy_user(ctx, "assigning an appointment")
     a = _scheduled(ctx, appointment_id, "assigned")
     who, kind = _assignee(assignee_id, assignee_type)
-    if (who, kind) == (_str(a["assignee_id"]), a["assignee_type"]):
+    if (who, kind) == (opt_str(a["assignee_id"]), a["assignee_type"]):
         raise InvalidInput(f"appointment is already assigned to {kind} {who}")
     _check_free(ctx, who, a["start_at"], a["end_at"])
     after = {**a, "assignee_id": uuid.UUID(str(who)), "assignee_type": kind}
@@ -377,7 +355,7 @@ def assign_appointment(ctx: Ctx, appointment_id: str, assignee_id: str, assignee
                      .values(assignee_id=who, assignee_type=kind, updated_at=func.now()))  # fmt: skip
     aid = str(a["id"])
     emit(ctx, "APPOINTMENT_ASSIGNED",
-         {"appointmentId": aid, "ticketId": _str(a["ticket_id"]), "previousAssigneeId": _str(a["assignee_id"]),
+         {"appointmentId": aid, "ticketId": opt_str(a["ticket_id"]), "previousAssigneeId": opt_str(a["assignee_id"]),
           "previousAssigneeType": a["assignee_type"], "newAssigneeId": who, "newAssigneeType": kind,
           "assignedAt": iso()},
          aggregate=f"appointment:{aid}")  # fmt: skip
@@ -408,7 +386,7 @@ def _cancel(ctx: Ctx, a: dict[str, Any], reason: str | None, delete: bool) -> No
         ctx.conn.execute(appointments.update().where(appointments.c.id == a["id"])
                          .values(status="canceled", updated_at=func.now()))  # fmt: skip
     emit(ctx, "APPOINTMENT_CANCELED",
-         {"appointmentId": aid, "ticketId": _str(a["ticket_id"]), "canceledAt": iso(), "reason": reason},
+         {"appointmentId": aid, "ticketId": opt_str(a["ticket_id"]), "canceledAt": iso(), "reason": reason},
          aggregate=f"appointment:{aid}", from_state="scheduled", to_state="canceled")  # fmt: skip
     if delete:
         emit(ctx, "SCHEDULE_ENTRY_DELETED", {"entryId": aid, "userId": ctx.user_id, "changes": _snapshot(a)},
@@ -423,7 +401,7 @@ def cancel_appointment(ctx: Ctx, appointment_id: str, *, reason: str | None = No
 
     An appointment booked from a request also cancels that request (APPOINTMENT_REQUEST_CANCELLED).
     """
-    _legacy_user(ctx, "cancelling an appointment")
+    legacy_user(ctx, "cancelling an appointment")
     a = _scheduled(ctx, appointment_id, "canceled")
     req = _request_of(ctx, a["id"])
     _cancel(ctx, a, reason, delete)
@@ -434,13 +412,13 @@ def cancel_appointment(ctx: Ctx, appointment_id: str, *, reason: str | None = No
 @emits("APPOINTMENT_COMPLETED", "SCHEDULE_ENTRY_UPDATED")
 def complete_appointment(ctx: Ctx, appointment_id: str, *, outcome: str | None = None) -> None:
     """Mark a scheduled appointment done; emits APPOINTMENT_COMPLETED + SCHEDULE_ENTRY_UPDATED."""
-    _legacy_user(ctx, "completing an appointment")
+    legacy_user(ctx, "completing an appointment")
     a = _scheduled(ctx, appointment_id, "completed")
     ctx.conn.execute(appointments.update().where(appointments.c.id == a["id"])
                      .values(status="completed", outcome=outcome, updated_at=func.now()))  # fmt: skip
     aid = str(a["id"])
     emit(ctx, "APPOINTMENT_COMPLETED",
-         {"appointmentId": aid, "ticketId": _str(a["ticket_id"]), "completedAt": iso(), "outcome": outcome},
+         {"appointmentId": aid, "ticketId": opt_str(a["ticket_id"]), "completedAt": iso(), "outcome": outcome},
          aggregate=f"appointment:{aid}", from_state="scheduled", to_state="completed")  # fmt: skip
     _entry_updated(ctx, a, {**a, "status": "completed"})
 
@@ -448,7 +426,7 @@ def complete_appointment(ctx: Ctx, appointment_id: str, *, outcome: str | None =
 @emits("APPOINTMENT_NO_SHOW", "SCHEDULE_ENTRY_UPDATED")
 def mark_no_show(ctx: Ctx, appointment_id: str, party: str) -> None:
     """Record that the customer or the agent did not turn up; emits APPOINTMENT_NO_SHOW + SCHEDULE_ENTRY_UPDATED."""
-    _legacy_user(ctx, "marking a no-show")
+    legacy_user(ctx, "marking a no-show")
     if party not in NO_SHOW_PARTIES:
         raise InvalidInput(f"party must be one of {NO_SHOW_PARTIES}, got {party!r}")
     a = _scheduled(ctx, appointment_id, "no_show")
@@ -456,7 +434,7 @@ def mark_no_show(ctx: Ctx, appointment_id: str, party: str) -> None:
                      .values(status="no_show", updated_at=func.now()))  # fmt: skip
     aid = str(a["id"])
     emit(ctx, "APPOINTMENT_NO_SHOW",
-         {"appointmentId": aid, "ticketId": _str(a["ticket_id"]), "markedAt": iso(), "party": party},
+         {"appointmentId": aid, "ticketId": opt_str(a["ticket_id"]), "markedAt": iso(), "party": party},
          aggregate=f"appointment:{aid}", from_state="scheduled", to_state="no_show")  # fmt: skip
     _entry_updated(ctx, a, {**a, "status": "no_show"})
 
@@ -486,11 +464,11 @@ def dispatch_technician(ctx: Ctx, appointment_id: str, technician_user_id: str |
         if a["assignee_type"] != "user":
             raise InvalidInput("the appointment has no user assignee: name the technician to dispatch")
         technician_user_id = str(a["assignee_id"])
-    tech = _uuid("technician_user_id", technician_user_id)
+    tech = uuid_arg("technician_user_id", technician_user_id)
     _advance(ctx, a, "dispatched", technician_id=tech)
     aid = str(a["id"])
     emit(ctx, "TECHNICIAN_DISPATCHED",
-         {"appointmentId": aid, "ticketId": _str(a["ticket_id"]), "technicianUserId": tech,
+         {"appointmentId": aid, "ticketId": opt_str(a["ticket_id"]), "technicianUserId": tech,
           "dispatchedByUserId": ctx.user_id, "dispatchedAt": iso()},
          aggregate=f"appointment:{aid}", from_state=None, to_state="dispatched")  # fmt: skip
 
@@ -504,7 +482,7 @@ def technician_en_route(ctx: Ctx, appointment_id: str, *, eta: datetime | None =
     _advance(ctx, a, "en_route")
     aid = str(a["id"])
     emit(ctx, "TECHNICIAN_EN_ROUTE",
-         {"appointmentId": aid, "ticketId": _str(a["ticket_id"]), "technicianUserId": str(a["technician_id"]),
+         {"appointmentId": aid, "ticketId": opt_str(a["ticket_id"]), "technicianUserId": str(a["technician_id"]),
           "startedAt": iso(), "eta": iso(eta) if eta else None},
          aggregate=f"appointment:{aid}", from_state=a["dispatch_status"], to_state="en_route")  # fmt: skip
 
@@ -516,7 +494,7 @@ def technician_arrived(ctx: Ctx, appointment_id: str, *, location: str | None = 
     _advance(ctx, a, "on_site")
     aid = str(a["id"])
     emit(ctx, "TECHNICIAN_ARRIVED",
-         {"appointmentId": aid, "ticketId": _str(a["ticket_id"]), "technicianUserId": str(a["technician_id"]),
+         {"appointmentId": aid, "ticketId": opt_str(a["ticket_id"]), "technicianUserId": str(a["technician_id"]),
           "arrivedAt": iso(), "location": location or a["location"]},
          aggregate=f"appointment:{aid}", from_state=a["dispatch_status"], to_state="on_site")  # fmt: skip
 
@@ -528,7 +506,7 @@ def technician_check_out(ctx: Ctx, appointment_id: str, *, work_summary: str | N
     _advance(ctx, a, "checked_out")
     aid = str(a["id"])
     emit(ctx, "TECHNICIAN_CHECKED_OUT",
-         {"appointmentId": aid, "ticketId": _str(a["ticket_id"]), "technicianUserId": str(a["technician_id"]),
+         {"appointmentId": aid, "ticketId": opt_str(a["ticket_id"]), "technicianUserId": str(a["technician_id"]),
           "checkedOutAt": iso(), "workSummary": work_summary},
          aggregate=f"appointment:{aid}", from_state="on_site", to_state="checked_out")  # fmt: skip
 
@@ -577,15 +555,16 @@ def delete_schedule_block(ctx: Ctx, block_id: str, *, reason: str | None = None)
 
 def _request_payload(r: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "appointmentRequestId": str(r["id"]), "clientId": _str(r["client_id"]), "contactId": _str(r["contact_id"]),
+        "appointmentRequestId": str(r["id"]), "clientId": opt_str(r["client_id"]),
+        "contactId": opt_str(r["contact_id"]),
         "serviceId": str(r["service_id"]), "serviceName": r["service_name"],
         "requestedDate": r["requested_date"].isoformat(), "requestedTime": r["requested_time"],
         "requestedDuration": r["requested_duration"],
-        "preferredAssignedUserId": _str(r["preferred_assigned_user_id"]), "isAuthenticated": r["is_authenticated"],
+        "preferredAssignedUserId": opt_str(r["preferred_assigned_user_id"]), "isAuthenticated": r["is_authenticated"],
         "requesterName": r["requester_name"], "requesterEmail": r["requester_email"],
-        "requesterPhone": r["requester_phone"], "companyName": r["company_name"], "ticketId": _str(r["ticket_id"]),
-        "description": r["description"], "approvedByUserId": _str(r["approved_by_user_id"]),
-        "assignedUserId": _str(r["assigned_user_id"]), "scheduleEntryId": _str(r["appointment_id"]),
+        "requesterPhone": r["requester_phone"], "companyName": r["company_name"], "ticketId": opt_str(r["ticket_id"]),
+        "description": r["description"], "approvedByUserId": opt_str(r["approved_by_user_id"]),
+        "assignedUserId": opt_str(r["assigned_user_id"]), "scheduleEntryId": opt_str(r["appointment_id"]),
         "declineReason": r["decline_reason"],
     }  # fmt: skip
 
@@ -615,7 +594,7 @@ def submit_appointment_request(
     description: str | None = None,
 ) -> str:
     """A client asks for an appointment (portal or public booking); emits APPOINTMENT_REQUEST_CREATED."""
-    _legacy_tenant(ctx)
+    legacy_tenant(ctx, "scheduling events")
     if not _DATE_RE.match(requested_date):
         raise InvalidInput(f"requested_date must be YYYY-MM-DD, got {requested_date!r}")
     try:
@@ -632,10 +611,10 @@ def submit_appointment_request(
     rid = new_id()
     row = {
         "id": rid, "tenant_id": ctx.tenant_id, "status": "pending",
-        "client_id": _opt_uuid("client_id", client_id), "contact_id": ctx.contact_id,
-        "service_id": _uuid("service_id", service_id), "service_name": service_name, "requested_date": day,
+        "client_id": opt_uuid_arg("client_id", client_id), "contact_id": ctx.contact_id,
+        "service_id": uuid_arg("service_id", service_id), "service_name": service_name, "requested_date": day,
         "requested_time": requested_time, "requested_duration": requested_duration, "timezone": timezone,
-        "preferred_assigned_user_id": _opt_uuid("preferred_assigned_user_id", preferred_assigned_user_id),
+        "preferred_assigned_user_id": opt_uuid_arg("preferred_assigned_user_id", preferred_assigned_user_id),
         "is_authenticated": bool(ctx.contact_id or ctx.user_id), "requester_name": requester_name,
         "requester_email": requester_email, "requester_phone": requester_phone, "company_name": company_name,
         "ticket_id": _check_ticket(ctx, ticket_id), "description": description, "approved_by_user_id": None,
@@ -659,9 +638,9 @@ def approve_appointment_request(
 ) -> str:
     """Approve a pending request and book it; emits APPOINTMENT_REQUEST_APPROVED, APPOINTMENT_CREATED and
     SCHEDULE_ENTRY_CREATED. The assignee defaults to the preferred user; returns the appointment id."""
-    user = _legacy_user(ctx, "approving an appointment request")
+    user = legacy_user(ctx, "approving an appointment request")
     r = _pending(ctx, request_id, "approved")
-    who = _uuid("assignee_id", assignee_id) if assignee_id else _str(r["preferred_assigned_user_id"])
+    who = uuid_arg("assignee_id", assignee_id) if assignee_id else opt_str(r["preferred_assigned_user_id"])
     tz = _zone(r["timezone"])
     hh, mm = (int(x) for x in r["requested_time"].split(":"))
     start = datetime.combine(r["requested_date"], time(hh, mm), tzinfo=tz)
@@ -680,7 +659,7 @@ def approve_appointment_request(
 @emits("APPOINTMENT_REQUEST_DECLINED")
 def decline_appointment_request(ctx: Ctx, request_id: str, *, reason: str) -> None:
     """Decline a pending request with a reason; emits APPOINTMENT_REQUEST_DECLINED."""
-    _legacy_tenant(ctx)
+    legacy_tenant(ctx, "scheduling events")
     if not reason.strip():
         raise InvalidInput("a decline needs a reason")
     r = _pending(ctx, request_id, "declined")
@@ -699,13 +678,13 @@ def _request_cancelled(ctx: Ctx, r: dict[str, Any]) -> None:
 def cancel_appointment_request(ctx: Ctx, request_id: str, *, reason: str | None = None) -> None:
     """Withdraw a pending or approved request; emits APPOINTMENT_REQUEST_CANCELLED (an approved one's appointment
     is cancelled too: APPOINTMENT_CANCELED + SCHEDULE_ENTRY_UPDATED, which needs an acting user)."""
-    _legacy_tenant(ctx)
+    legacy_tenant(ctx, "scheduling events")
     r = fetch(ctx, appointment_requests, "appointment request", request_id)
     if r["status"] not in ("pending", "approved"):
         raise InvalidTransition("appointment request", r["status"], "cancelled")
     appt = None
     if r["status"] == "approved" and r["appointment_id"] is not None:
-        _legacy_user(ctx, "cancelling an approved appointment request")
+        legacy_user(ctx, "cancelling an approved appointment request")
         found = (
             ctx.conn.execute(appointments.select().where(appointments.c.id == r["appointment_id"]).with_for_update())
             .mappings()

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import uuid
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -31,7 +30,23 @@ from sqlalchemy import Column, DateTime, Float, Integer, String, Table, Text, Uu
 
 from domain import crm as _crm
 from domain import tickets as _tickets
-from domain.base import Ctx, InvalidInput, InvalidTransition, emit, emits, fetch, iso, metadata, new_id, now, uuid_arg
+from domain.base import (
+    Ctx,
+    InvalidInput,
+    InvalidTransition,
+    emit,
+    emits,
+    fetch,
+    iso,
+    legacy_tenant,
+    metadata,
+    new_id,
+    now,
+    opt_str,
+    update_row,
+    uuid_arg,
+    when_arg,
+)
 
 templates = Table(
     "ref_survey_templates",
@@ -127,9 +142,6 @@ class SurveyInvite(NamedTuple):
 # ---- helpers -------------------------------------------------------------------------------------
 
 
-_uuid = uuid_arg
-
-
 def _int(name: str, value: Any, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InvalidInput(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -142,35 +154,8 @@ def _number(name: str, value: Any) -> float:
     return float(value)
 
 
-def _when(at: datetime | None) -> datetime:
-    if at is None:
-        return now()
-    if not isinstance(at, datetime) or at.utcoffset() is None:
-        raise InvalidInput(f"time must be a timezone-aware datetime, got {at!r}")
-    return at
-
-
-def _s(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-def _agg(survey_id: Any) -> str:
-    return f"survey:{survey_id}"
-
-
-def _legacy_tenant(ctx: Ctx) -> None:
-    try:
-        uuid.UUID(ctx.tenant_id)
-    except ValueError:
-        raise InvalidInput(f"tenant {ctx.tenant_id!r} must be a UUID for the legacy survey events") from None
-
-
-def _set(ctx: Ctx, s: Any, **values: Any) -> None:
-    ctx.conn.execute(surveys.update().where(surveys.c.id == s["id"]).values(**values, updated_at=func.now()))
 
 
 # ---- templates -----------------------------------------------------------------------------------
@@ -234,21 +219,21 @@ def send_survey(
     tpl = fetch(ctx, templates, "survey template", template_id, for_update=False)
     if channel not in CHANNELS:
         raise InvalidInput(f"channel must be one of {CHANNELS}, got {channel!r}")
-    contact = _uuid("contact_id", contact_id) if contact_id is not None else None
+    contact = uuid_arg("contact_id", contact_id) if contact_id is not None else None
     ticket, client = None, None
     if ticket_id is not None:
         t = fetch(ctx, _tickets.tickets, "ticket", ticket_id)
         if t["status"] not in _tickets.CLOSED_STATUSES:
             raise InvalidTransition("ticket", t["status"], "surveyed")
-        _legacy_tenant(ctx)
+        legacy_tenant(ctx, "survey events")
         open_one = ctx.conn.execute(
             select(surveys.c.id).where(surveys.c.ticket_id == t["id"], surveys.c.template_id == tpl["id"],
                                        surveys.c.status == "sent").limit(1)
         ).first()  # fmt: skip
         if open_one is not None:
             raise InvalidTransition("ticket survey", "sent", "sent again")
-        ticket, client = str(t["id"]), _s(t["client_id"])
-        contact = contact or _s(t["contact_id"])
+        ticket, client = str(t["id"]), opt_str(t["client_id"])
+        contact = contact or opt_str(t["contact_id"])
     if contact is None:
         raise InvalidInput("a survey needs a contact (contact_id, or a ticket with a contact)")
     token = secrets.token_urlsafe(24)
@@ -264,30 +249,30 @@ def send_survey(
     emit(ctx, "SURVEY_SENT",
          {"surveyId": sid, "surveyType": tpl["survey_type"], "recipientId": contact, "ticketId": ticket,
           "sentAt": iso(at), "channel": channel, "templateId": str(tpl["id"])},
-         aggregate=_agg(sid), to_state="sent")  # fmt: skip
+         aggregate=f"survey:{sid}", to_state="sent")  # fmt: skip
     if ticket is not None:
         emit(ctx, "SURVEY_INVITATION_SENT",
              {"invitationId": sid, "ticketId": ticket, "companyId": client, "contactId": contact,
               "surveyTokenHash": token_hash},
-             aggregate=_agg(sid))  # fmt: skip
+             aggregate=f"survey:{sid}")  # fmt: skip
     return SurveyInvite(sid, token)
 
 
 def _remind(ctx: Ctx, s: Any, at: datetime) -> None:
     n = s["reminders_sent"] + 1
-    _set(ctx, s, reminders_sent=n, last_sent_at=at)
+    update_row(ctx, surveys, s, reminders_sent=n, last_sent_at=at)
     emit(ctx, "SURVEY_REMINDER_SENT",
-         {"surveyId": str(s["id"]), "recipientId": str(s["contact_id"]), "ticketId": _s(s["ticket_id"]),
+         {"surveyId": str(s["id"]), "recipientId": str(s["contact_id"]), "ticketId": opt_str(s["ticket_id"]),
           "sentAt": iso(at), "channel": s["channel"], "reminderNumber": n},
-         aggregate=_agg(s["id"]))  # fmt: skip
+         aggregate=f"survey:{s['id']}")  # fmt: skip
 
 
 def _expire(ctx: Ctx, s: Any, at: datetime) -> None:
-    _set(ctx, s, status="expired", closed_at=at)
+    update_row(ctx, surveys, s, status="expired", closed_at=at)
     emit(ctx, "SURVEY_EXPIRED",
-         {"surveyId": str(s["id"]), "recipientId": str(s["contact_id"]), "ticketId": _s(s["ticket_id"]),
+         {"surveyId": str(s["id"]), "recipientId": str(s["contact_id"]), "ticketId": opt_str(s["ticket_id"]),
           "expiredAt": iso(at)},
-         aggregate=_agg(s["id"]), from_state="sent", to_state="expired")  # fmt: skip
+         aggregate=f"survey:{s['id']}", from_state="sent", to_state="expired")  # fmt: skip
 
 
 @emits("SURVEY_REMINDER_SENT")
@@ -309,7 +294,7 @@ def remind_survey(ctx: Ctx, survey_id: str) -> int:
 def sweep_surveys(ctx: Ctx, *, at: datetime | None = None) -> dict[str, list[str]]:
     """Scheduler sweep of this tenant's unanswered surveys as of ``at`` (default now): expire those past their
     expiry (SURVEY_EXPIRED), remind those due (SURVEY_REMINDER_SENT); returns {"expired": [...], "reminded": [...]}."""
-    when = _when(at)
+    when = when_arg("time", at)
     rows = ctx.conn.execute(
         select(surveys, templates.c.reminder_after_hours, templates.c.max_reminders)
         .join(templates, templates.c.id == surveys.c.template_id)
@@ -361,7 +346,7 @@ def submit_response(ctx: Ctx, survey_id: str, token: str, score: float, *, comme
         raise InvalidTransition("survey", "expired" if s["status"] == "sent" else s["status"], "responded")
     t = None
     if s["ticket_id"] is not None:
-        _legacy_tenant(ctx)
+        legacy_tenant(ctx, "survey events")
         t = (
             ctx.conn.execute(_tickets.tickets.select().where(_tickets.tickets.c.id == s["ticket_id"]))
             .mappings()
@@ -375,26 +360,26 @@ def submit_response(ctx: Ctx, survey_id: str, token: str, score: float, *, comme
             comment=text, responded_at=at,
         )
     )  # fmt: skip
-    _set(ctx, s, status="responded", closed_at=at)
-    sid, ticket = str(s["id"]), _s(s["ticket_id"])
+    update_row(ctx, surveys, s, status="responded", closed_at=at)
+    sid, ticket = str(s["id"]), opt_str(s["ticket_id"])
     emit(ctx, "SURVEY_RESPONSE_RECEIVED",
          {"surveyId": sid, "responseId": rid, "recipientId": str(s["contact_id"]), "ticketId": ticket,
           "respondedAt": iso(at), "score": value, "comment": text},
-         aggregate=_agg(sid), from_state="sent", to_state="responded")  # fmt: skip
+         aggregate=f"survey:{sid}", from_state="sent", to_state="responded")  # fmt: skip
     if ticket is None:
         return rid
-    company = _s(s["client_id"])
+    company = opt_str(s["client_id"])
     emit(ctx, "SURVEY_RESPONSE_SUBMITTED",
          {"responseId": rid, "ticketId": ticket, "companyId": company, "rating": value, "hasComment": text is not None},
-         aggregate=_agg(sid))  # fmt: skip
+         aggregate=f"survey:{sid}")  # fmt: skip
     if value <= tpl["negative_at_or_below"]:
         assignee = t["assignee_id"] if t and t["assignee_type"] == "user" else None
         emit(ctx, "SURVEY_NEGATIVE_RESPONSE",
              {"responseId": rid, "ticketId": ticket, "ticketNumber": t["number"] if t else ticket,
               "companyId": company, "companyName": _name(ctx, _crm.clients, "name", s["client_id"]),
               "contactName": _name(ctx, _crm.contacts, "full_name", s["contact_id"]), "rating": value,
-              "comment": text, "assignedTo": _s(assignee)},
-             aggregate=_agg(sid))  # fmt: skip
+              "comment": text, "assignedTo": opt_str(assignee)},
+             aggregate=f"survey:{sid}")  # fmt: skip
     return rid
 
 
@@ -418,7 +403,7 @@ def create_alert_rule(
         raise InvalidInput(f"scope_type must be one of {SCOPE_TYPES}, got {scope_type!r}")
     if (scope_type == "org") != (scope_id is None):
         raise InvalidInput("an agent or team rule needs a scope_id; an org rule has none")
-    scope = _uuid("scope_id", scope_id) if scope_id is not None else None
+    scope = uuid_arg("scope_id", scope_id) if scope_id is not None else None
     rid = new_id()
     ctx.conn.execute(
         alert_rules.insert().values(id=rid, tenant_id=ctx.tenant_id, window=window, scope_type=scope_type,
@@ -445,7 +430,7 @@ def evaluate_csat_alerts(ctx: Ctx, *, at: datetime | None = None) -> list[str]:
     """Scheduler sweep of this tenant's CSAT alert rules as of ``at`` (default now): emits CSAT_ALERT_TRIGGERED for
     each rule whose window average (with enough responses) is below its threshold and that did not fire within the
     last window length; returns the alert ids."""
-    when = _when(at)
+    when = when_arg("time", at)
     rules = ctx.conn.execute(
         alert_rules.select().where(alert_rules.c.tenant_id == ctx.tenant_id).order_by(alert_rules.c.id)
         .with_for_update(skip_locked=True)
@@ -468,7 +453,7 @@ def evaluate_csat_alerts(ctx: Ctx, *, at: datetime | None = None) -> list[str]:
         emit(ctx, "CSAT_ALERT_TRIGGERED",
              {"window": rule["window"], "score": score, "baseline": baseline,
               "delta": None if baseline is None else round(score - baseline, 2), "threshold": rule["threshold"],
-              "triggeredAt": iso(when), "scopeType": rule["scope_type"], "scopeId": _s(rule["scope_id"]),
+              "triggeredAt": iso(when), "scopeType": rule["scope_type"], "scopeId": opt_str(rule["scope_id"]),
               "alertId": aid, "responseCount": n},
              aggregate=f"csat-rule:{rule['id']}")  # fmt: skip
         out.append(aid)

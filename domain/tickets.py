@@ -53,10 +53,14 @@ from domain.base import (
     emits,
     fetch,
     iso,
+    legacy_tenant,
     metadata,
     new_id,
     now,
+    opt_str,
+    update_row,
     uuid_arg,
+    when_arg,
 )
 
 boards = Table(
@@ -160,17 +164,10 @@ UPDATABLE = ("title", "priority", "attributes")
 # ---- helpers -----------------------------------------------------------------------------------------
 
 
-def _s(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-_uuid = uuid_arg
-
-
 def _uuids(name: str, values: Iterable[Any]) -> list[str]:
     if isinstance(values, str | bytes):
         raise InvalidInput(f"{name} must be a list of UUIDs, got {values!r}")
-    out = [_uuid(name, v) for v in values]
+    out = [uuid_arg(name, v) for v in values]
     if len(set(out)) != len(out):
         raise InvalidInput(f"{name} has duplicates")
     return out
@@ -182,37 +179,13 @@ def changeset(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[list
     return fields, {p: {k: v for k, v in c.items() if v is not None} for p, c in changes.items()}
 
 
-def legacy_tenant(ctx: Ctx) -> None:
-    """Refuse a non-UUID tenant up front: legacy bus types require ``tenantId`` to be a UUID."""
-    try:
-        uuid.UUID(ctx.tenant_id)
-    except ValueError:
-        raise InvalidInput(f"tenant {ctx.tenant_id!r} must be a UUID for legacy bus events") from None
-
-
 def _ticket(ctx: Ctx, ticket_id: Any) -> dict[str, Any]:
     return fetch(ctx, tickets, "ticket", ticket_id)
-
-
-def _set(ctx: Ctx, t: Mapping[str, Any], **values: Any) -> None:
-    ctx.conn.execute(tickets.update().where(tickets.c.id == t["id"]).values(**values, updated_at=func.now()))
-
-
-def _agg(ticket_id: Any) -> str:
-    return f"ticket:{ticket_id}"
 
 
 def _check_priority(priority: str) -> None:
     if priority not in PRIORITIES:
         raise InvalidInput(f"unknown priority {priority!r} (one of {', '.join(PRIORITIES)})")
-
-
-def _when(at: datetime | None) -> datetime:
-    if at is None:
-        return now()
-    if not isinstance(at, datetime) or at.utcoffset() is None:
-        raise InvalidInput(f"time must be a timezone-aware datetime, got {at!r}")
-    return at
 
 
 # ---- boards and SLA policies (setup, no events) -------------------------------------------------------
@@ -274,8 +247,8 @@ def create_ticket(
     if not title.strip():
         raise InvalidInput("title must not be empty")
     _check_priority(priority)
-    client = _uuid("client_id", client_id) if client_id is not None else None
-    contact = _uuid("contact_id", contact_id) if contact_id is not None else None
+    client = uuid_arg("client_id", client_id) if client_id is not None else None
+    contact = uuid_arg("contact_id", contact_id) if contact_id is not None else None
     board = fetch(ctx, boards, "board", board_id, for_update=False) if board_id is not None else None
     policy = None
     if sla_policy_id is not None:
@@ -293,8 +266,8 @@ def create_ticket(
     )  # fmt: skip
     emit(ctx, "TICKET_CREATED", {"ticketId": tid, "createdByUserId": ctx.user_id, "createdAt": iso(at),
                                  "ticketNumber": number, "title": title, "priority": priority, "status": "new",
-                                 "clientId": client, "contactId": contact, "boardId": _s(board and board["id"])},
-         aggregate=_agg(tid), to_state="new")  # fmt: skip
+                                 "clientId": client, "contactId": contact, "boardId": opt_str(board and board["id"])},
+         aggregate=f"ticket:{tid}", to_state="new")  # fmt: skip
     if policy:
         _enter_sla(ctx, tid, policy, at)
     return tid
@@ -338,15 +311,15 @@ def _update(ctx: Ctx, t: Mapping[str, Any], fields: Mapping[str, Any], *, reason
     updated, changes = changeset(before, after)
     if not updated:
         return
-    _set(ctx, t, **after)
+    update_row(ctx, tickets, t, **after)
     tid = str(t["id"])
     emit(ctx, "TICKET_UPDATED", {"ticketId": tid, "updatedByUserId": ctx.user_id, "updatedFields": updated,
-                                 "changes": changes}, aggregate=_agg(tid))  # fmt: skip
+                                 "changes": changes}, aggregate=f"ticket:{tid}")  # fmt: skip
     if "priority" in updated:
         emit(ctx, "TICKET_PRIORITY_CHANGED",
              {"ticketId": tid, "previousPriorityId": t["priority"], "newPriorityId": after["priority"],
               "reason": reason, "changedAt": iso()},
-             aggregate=_agg(tid), from_state=t["priority"], to_state=after["priority"])  # fmt: skip
+             aggregate=f"ticket:{tid}", from_state=t["priority"], to_state=after["priority"])  # fmt: skip
 
 
 _STATUS_EVENTS = ("TICKET_STATUS_CHANGED", "TICKET_CLOSED", "TICKET_REOPENED", "TICKET_RESPONSE_STATE_CHANGED",
@@ -396,24 +369,24 @@ def _move(ctx: Ctx, t: Mapping[str, Any], new_status: str, reason: str | None) -
         values.update(closed_at=at, response_state=None)
     if reopening:
         values["closed_at"] = None
-    _set(ctx, t, **values)
+    update_row(ctx, tickets, t, **values)
     emit(ctx, "TICKET_STATUS_CHANGED",
          {"ticketId": tid, "previousStatusId": old, "newStatusId": new_status, "reason": reason, "changedAt": iso(at)},
-         aggregate=_agg(tid), from_state=old, to_state=new_status)  # fmt: skip
+         aggregate=f"ticket:{tid}", from_state=old, to_state=new_status)  # fmt: skip
     if closing:
         updated, changes = changeset(
             {"status": old, "closedAt": t["closed_at"]}, {"status": new_status, "closedAt": at}
         )
         emit(ctx, "TICKET_CLOSED", {"ticketId": tid, "closedByUserId": ctx.user_id, "closedAt": iso(at),
                                     "reason": reason, "updatedFields": updated, "changes": changes},
-             aggregate=_agg(tid), from_state=old, to_state=new_status)  # fmt: skip
+             aggregate=f"ticket:{tid}", from_state=old, to_state=new_status)  # fmt: skip
         if t["response_state"] is not None:
             _emit_response_state(ctx, tid, t["response_state"], None, "close")
         _settle_sla(ctx, tid, ("response", "resolution"), at)
     if reopening:
         emit(ctx, "TICKET_REOPENED", {"ticketId": tid, "previousStatusId": old, "newStatusId": new_status,
                                       "reopenedAt": iso(at), "reason": reason},
-             aggregate=_agg(tid), from_state=old, to_state=new_status)  # fmt: skip
+             aggregate=f"ticket:{tid}", from_state=old, to_state=new_status)  # fmt: skip
 
 
 @emits("TICKET_DELETED")
@@ -428,7 +401,9 @@ def delete_ticket(ctx: Ctx, ticket_id: str) -> None:
     ctx.conn.execute(tickets.delete().where(tickets.c.id == t["id"]))
     tid = str(t["id"])
     snapshot = {"ticketNumber": t["number"], "title": t["title"], "status": t["status"], "priority": t["priority"]}
-    emit(ctx, "TICKET_DELETED", {"ticketId": tid, "changes": snapshot}, aggregate=_agg(tid), from_state=t["status"])
+    emit(
+        ctx, "TICKET_DELETED", {"ticketId": tid, "changes": snapshot}, aggregate=f"ticket:{tid}", from_state=t["status"]
+    )
 
 
 # ---- assignment -----------------------------------------------------------------------------------------
@@ -440,11 +415,11 @@ def assign_ticket(ctx: Ctx, ticket_id: str, assignee_id: str, *, assignee_type: 
     t = _ticket(ctx, ticket_id)
     if assignee_type not in ASSIGNEE_TYPES:
         raise InvalidInput(f"assignee_type must be one of {ASSIGNEE_TYPES}, got {assignee_type!r}")
-    new = _uuid("assignee_id", assignee_id)
-    old, old_type = _s(t["assignee_id"]), t["assignee_type"]
+    new = uuid_arg("assignee_id", assignee_id)
+    old, old_type = opt_str(t["assignee_id"]), t["assignee_type"]
     if (old, old_type) == (new, assignee_type):
         return
-    _set(ctx, t, assignee_id=new, assignee_type=assignee_type)
+    update_row(ctx, tickets, t, assignee_id=new, assignee_type=assignee_type)
     if assignee_type == "user":
         ctx.conn.execute(
             ticket_agents.delete().where(ticket_agents.c.ticket_id == t["id"], ticket_agents.c.user_id == new)
@@ -458,7 +433,7 @@ def assign_ticket(ctx: Ctx, ticket_id: str, assignee_id: str, *, assignee_type: 
           "assignedByUserId": ctx.user_id, "previousAssigneeId": old, "previousAssigneeType": old_type,
           "newAssigneeId": new, "newAssigneeType": assignee_type, "assignedAt": iso(),
           "updatedFields": updated, "changes": changes},
-         aggregate=_agg(tid))  # fmt: skip
+         aggregate=f"ticket:{tid}")  # fmt: skip
 
 
 @emits("TICKET_UNASSIGNED")
@@ -467,19 +442,19 @@ def unassign_ticket(ctx: Ctx, ticket_id: str, *, reason: str | None = None) -> N
     t = _ticket(ctx, ticket_id)
     if t["assignee_id"] is None:
         raise InvalidTransition("ticket assignment", "unassigned", "unassigned")
-    _set(ctx, t, assignee_id=None, assignee_type=None)
+    update_row(ctx, tickets, t, assignee_id=None, assignee_type=None)
     tid = str(t["id"])
     emit(ctx, "TICKET_UNASSIGNED",
          {"ticketId": tid, "previousAssigneeId": str(t["assignee_id"]), "previousAssigneeType": t["assignee_type"],
           "unassignedAt": iso(), "reason": reason},
-         aggregate=_agg(tid))  # fmt: skip
+         aggregate=f"ticket:{tid}")  # fmt: skip
 
 
 @emits("TICKET_ADDITIONAL_AGENT_ASSIGNED")
 def add_additional_agent(ctx: Ctx, ticket_id: str, agent_id: str) -> None:
     """Add a secondary agent beside the primary user; emits the legacy TICKET_ADDITIONAL_AGENT_ASSIGNED."""
     t = _ticket(ctx, ticket_id)
-    agent = _uuid("agent_id", agent_id)
+    agent = uuid_arg("agent_id", agent_id)
     if not ctx.user_id:
         raise InvalidInput("adding an agent needs an acting user")
     legacy_tenant(ctx)
@@ -500,7 +475,7 @@ def add_additional_agent(ctx: Ctx, ticket_id: str, agent_id: str) -> None:
     emit(ctx, "TICKET_ADDITIONAL_AGENT_ASSIGNED",
          {"ticketId": tid, "primaryAgentId": primary, "additionalAgentId": agent, "assignedByUserId": ctx.user_id,
           "userId": ctx.user_id},  # undeclared but kept: the stream entry's user_id
-         aggregate=_agg(tid))  # fmt: skip
+         aggregate=f"ticket:{tid}")  # fmt: skip
 
 
 # ---- bundles, tags, boards --------------------------------------------------------------------------------
@@ -514,7 +489,7 @@ def _has_children(ctx: Ctx, ticket_id: Any) -> bool:
 @emits("TICKET_MERGED")
 def merge_ticket(ctx: Ctx, source_ticket_id: str, target_ticket_id: str, *, reason: str | None = None) -> None:
     """Fold ``source`` into ``target``'s bundle (source becomes its child); emits TICKET_MERGED."""
-    src_id, tgt_id = _uuid("source_ticket_id", source_ticket_id), _uuid("target_ticket_id", target_ticket_id)
+    src_id, tgt_id = uuid_arg("source_ticket_id", source_ticket_id), uuid_arg("target_ticket_id", target_ticket_id)
     if src_id == tgt_id:
         raise InvalidInput("a ticket cannot be merged into itself")
     locked = {i: _ticket(ctx, i) for i in sorted((src_id, tgt_id))}  # stable lock order
@@ -525,10 +500,10 @@ def merge_ticket(ctx: Ctx, source_ticket_id: str, target_ticket_id: str, *, reas
         raise InvalidTransition("ticket bundle", "master", "child")
     if tgt["master_ticket_id"] is not None:
         raise InvalidTransition("ticket bundle", "child", "master")
-    _set(ctx, src, master_ticket_id=tgt["id"])
+    update_row(ctx, tickets, src, master_ticket_id=tgt["id"])
     emit(ctx, "TICKET_MERGED",
          {"sourceTicketId": src_id, "targetTicketId": tgt_id, "mergedAt": iso(), "reason": reason},
-         aggregate=_agg(src_id))  # fmt: skip
+         aggregate=f"ticket:{src_id}")  # fmt: skip
 
 
 @emits("TICKET_SPLIT")
@@ -545,10 +520,10 @@ def split_ticket(
         if children[i]["master_ticket_id"] != master["id"]:
             raise InvalidInput(f"ticket {i} is not in the bundle of {master['id']}")
     for i in ids:
-        _set(ctx, children[i], master_ticket_id=None)
+        update_row(ctx, tickets, children[i], master_ticket_id=None)
     mid = str(master["id"])
     emit(ctx, "TICKET_SPLIT", {"originalTicketId": mid, "newTicketIds": ids, "splitAt": iso(), "reason": reason},
-         aggregate=_agg(mid))  # fmt: skip
+         aggregate=f"ticket:{mid}")  # fmt: skip
 
 
 @emits("TICKET_TAGS_CHANGED")
@@ -571,11 +546,11 @@ def change_tags(ctx: Ctx, ticket_id: str, *, add: Iterable[str] = (), remove: It
         ctx.conn.execute(
             ticket_tags.delete().where(ticket_tags.c.ticket_id == t["id"], ticket_tags.c.tag_id.in_(removed))
         )
-    _set(ctx, t)
+    update_row(ctx, tickets, t)
     tid = str(t["id"])
     emit(ctx, "TICKET_TAGS_CHANGED",
          {"ticketId": tid, "addedTagIds": added or None, "removedTagIds": removed or None, "changedAt": iso()},
-         aggregate=_agg(tid))  # fmt: skip
+         aggregate=f"ticket:{tid}")  # fmt: skip
 
 
 @emits("TICKET_QUEUE_CHANGED")
@@ -585,15 +560,16 @@ def move_to_board(ctx: Ctx, ticket_id: str, board_id: str) -> None:
     board = fetch(ctx, boards, "board", board_id, for_update=False)
     if board["id"] == t["board_id"]:
         return
-    _set(ctx, t, board_id=board["id"])
+    update_row(ctx, tickets, t, board_id=board["id"])
     _emit_queue_changed(ctx, t, board)
 
 
 def _emit_queue_changed(ctx: Ctx, t: Mapping[str, Any], board: Mapping[str, Any]) -> None:
     tid = str(t["id"])
     emit(ctx, "TICKET_QUEUE_CHANGED",
-         {"ticketId": tid, "previousBoardId": _s(t["board_id"]), "newBoardId": str(board["id"]), "changedAt": iso()},
-         aggregate=_agg(tid))  # fmt: skip
+         {"ticketId": tid, "previousBoardId": opt_str(t["board_id"]), "newBoardId": str(board["id"]),
+          "changedAt": iso()},
+         aggregate=f"ticket:{tid}")  # fmt: skip
 
 
 @emits("TICKET_ESCALATED", "TICKET_QUEUE_CHANGED")
@@ -606,12 +582,12 @@ def escalate_ticket(ctx: Ctx, ticket_id: str, board_id: str, *, reason: str | No
         current_tier = ctx.conn.execute(select(boards.c.tier).where(boards.c.id == t["board_id"])).scalar_one()
     if board["tier"] <= current_tier:
         raise InvalidTransition("ticket tier", current_tier, board["tier"])
-    _set(ctx, t, board_id=board["id"])
+    update_row(ctx, tickets, t, board_id=board["id"])
     tid = str(t["id"])
     emit(ctx, "TICKET_ESCALATED",
-         {"ticketId": tid, "fromQueueId": _s(t["board_id"]), "toQueueId": str(board["id"]), "escalatedAt": iso(),
+         {"ticketId": tid, "fromQueueId": opt_str(t["board_id"]), "toQueueId": str(board["id"]), "escalatedAt": iso(),
           "reason": reason, "fromTier": current_tier, "toTier": board["tier"]},
-         aggregate=_agg(tid))  # fmt: skip
+         aggregate=f"ticket:{tid}")  # fmt: skip
     _emit_queue_changed(ctx, t, board)
 
 
@@ -639,9 +615,9 @@ def add_message(
     if not isinstance(content, str) or not content.strip():
         raise InvalidInput("message content must not be empty")
     if ctx.user_id:
-        author, author_type = _uuid("user_id", ctx.user_id), "user"
+        author, author_type = uuid_arg("user_id", ctx.user_id), "user"
     elif ctx.contact_id:
-        author, author_type = _uuid("contact_id", ctx.contact_id), "contact"
+        author, author_type = uuid_arg("contact_id", ctx.contact_id), "contact"
         if internal:
             raise InvalidInput("a contact cannot post an internal note")
     else:
@@ -663,22 +639,24 @@ def add_message(
     emit(ctx, "TICKET_MESSAGE_ADDED",
          {"ticketId": tid, "messageId": mid, "visibility": visibility, "authorId": author, "authorType": author_type,
           "channel": channel, "createdAt": iso(at), "attachmentsCount": attachments_count},
-         aggregate=_agg(tid))  # fmt: skip
+         aggregate=f"ticket:{tid}")  # fmt: skip
     if internal:
         emit(ctx, "TICKET_INTERNAL_NOTE_ADDED", {"ticketId": tid, "noteId": mid, "createdAt": iso(at)},
-             aggregate=_agg(tid))  # fmt: skip
+             aggregate=f"ticket:{tid}")  # fmt: skip
     if author_type == "contact":
         emit(ctx, "TICKET_CUSTOMER_REPLIED",
              {"ticketId": tid, "messageId": mid, "contactId": author, "channel": channel, "receivedAt": iso(at),
               "attachmentsCount": attachments_count},
-             aggregate=_agg(tid))  # fmt: skip
+             aggregate=f"ticket:{tid}")  # fmt: skip
     comment = {**_comment(row), "authorType": "internal" if author_type == "user" else "client"}
-    emit(ctx, "TICKET_COMMENT_ADDED", {"ticketId": tid, "userId": author, "comment": comment}, aggregate=_agg(tid))
+    emit(
+        ctx, "TICKET_COMMENT_ADDED", {"ticketId": tid, "userId": author, "comment": comment}, aggregate=f"ticket:{tid}"
+    )
 
     if not internal and t["status"] in OPEN_STATUSES:
         wanted = "awaiting_client" if author_type == "user" else "awaiting_internal"
         if t["response_state"] != wanted:
-            _set(ctx, t, response_state=wanted)
+            update_row(ctx, tickets, t, response_state=wanted)
             _emit_response_state(ctx, tid, t["response_state"], wanted, "comment")
         if author_type == "user":
             _settle_sla(ctx, tid, ("response",), at)
@@ -704,13 +682,13 @@ def edit_message(ctx: Ctx, message_id: str, content: str) -> None:
     tid = str(m["ticket_id"])
     emit(ctx, "TICKET_COMMENT_UPDATED",
          {"ticketId": tid, "userId": author, "comment": new, "oldComment": old, "newComment": new, "changes": changes},
-         aggregate=_agg(tid))  # fmt: skip
+         aggregate=f"ticket:{tid}")  # fmt: skip
 
 
 def _emit_response_state(ctx: Ctx, ticket_id: str, old: str | None, new: str | None, trigger: str) -> None:
     emit(ctx, "TICKET_RESPONSE_STATE_CHANGED",
          {"ticketId": ticket_id, "previousResponseState": old, "newResponseState": new, "trigger": trigger},
-         aggregate=_agg(ticket_id), from_state=old, to_state=new)  # fmt: skip
+         aggregate=f"ticket:{ticket_id}", from_state=old, to_state=new)  # fmt: skip
 
 
 @emits("TICKET_RESPONSE_STATE_CHANGED")
@@ -723,7 +701,7 @@ def set_response_state(ctx: Ctx, ticket_id: str, state: str | None) -> None:
         raise InvalidTransition("ticket response state", t["status"], state)
     if state == t["response_state"]:
         return
-    _set(ctx, t, response_state=state)
+    update_row(ctx, tickets, t, response_state=state)
     _emit_response_state(ctx, str(t["id"]), t["response_state"], state, "manual")
 
 
@@ -745,7 +723,7 @@ def _enter_sla(ctx: Ctx, ticket_id: str, policy: Mapping[str, Any], at: datetime
         emit(ctx, "TICKET_SLA_STAGE_ENTERED",
              {"ticketId": ticket_id, "slaPolicyId": str(policy["id"]), "stage": stage, "enteredAt": iso(at),
               "targetAt": iso(target)},
-             aggregate=_agg(ticket_id), to_state="active")  # fmt: skip
+             aggregate=f"ticket:{ticket_id}", to_state="active")  # fmt: skip
 
 
 def _settle_sla(ctx: Ctx, ticket_id: str, stages: Sequence[str], at: datetime) -> None:
@@ -761,7 +739,7 @@ def _settle_sla(ctx: Ctx, ticket_id: str, stages: Sequence[str], at: datetime) -
             emit(ctx, "TICKET_SLA_STAGE_MET",
                  {"ticketId": ticket_id, "slaPolicyId": str(r["policy_id"]), "stage": r["stage"], "metAt": iso(at),
                   "targetAt": iso(r["target_at"])},
-                 aggregate=_agg(ticket_id), from_state="active", to_state="met")  # fmt: skip
+                 aggregate=f"ticket:{ticket_id}", from_state="active", to_state="met")  # fmt: skip
         else:
             _breach(ctx, r, at)
 
@@ -772,7 +750,7 @@ def _breach(ctx: Ctx, r: Mapping[str, Any], at: datetime) -> None:
     emit(ctx, "TICKET_SLA_STAGE_BREACHED",
          {"ticketId": tid, "slaPolicyId": str(r["policy_id"]), "stage": r["stage"], "breachedAt": iso(at),
           "targetAt": iso(r["target_at"]), "overdueBySeconds": int((at - r["target_at"]).total_seconds())},
-         aggregate=_agg(tid), from_state="active", to_state="breached")  # fmt: skip
+         aggregate=f"ticket:{tid}", from_state="active", to_state="breached")  # fmt: skip
 
 
 @emits("TICKET_SLA_STAGE_ENTERED")
@@ -793,7 +771,7 @@ def apply_sla_policy(ctx: Ctx, ticket_id: str, policy_id: str) -> None:
 @emits("TICKET_SLA_STAGE_BREACHED")
 def check_sla_breaches(ctx: Ctx, *, at: datetime | None = None) -> list[tuple[str, str]]:
     """Sweep: breach running stages past target as of ``at``; emits TICKET_SLA_STAGE_BREACHED; returns them."""
-    when = _when(at)
+    when = when_arg("time", at)
     rows = ctx.conn.execute(
         sla_stages.select()
         .where(sla_stages.c.tenant_id == ctx.tenant_id, sla_stages.c.status == "active", sla_stages.c.target_at < when)

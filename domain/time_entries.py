@@ -12,7 +12,19 @@ from typing import Any
 from sqlalchemy import Boolean, Column, DateTime, Integer, String, Table, Text, Uuid
 
 from domain import projects, tickets
-from domain.base import Ctx, InvalidInput, InvalidTransition, emit, emits, fetch, iso, metadata, new_id, now
+from domain.base import (
+    Ctx,
+    InvalidInput,
+    InvalidTransition,
+    emit,
+    emits,
+    fetch,
+    iso,
+    legacy_tenant,
+    metadata,
+    new_id,
+    now,
+)
 
 time_entries = Table(
     "ref_time_entries",
@@ -94,7 +106,7 @@ def submit_time_entry(ctx: Ctx, time_entry_id: str) -> None:
         raise InvalidInput("only the owner of a time entry can submit it")
     if e["status"] != "draft":
         raise InvalidTransition("time entry", e["status"], "submitted")
-    tickets.legacy_tenant(ctx)
+    legacy_tenant(ctx)
     at = now()
     ctx.conn.execute(
         time_entries.update().where(time_entries.c.id == e["id"]).values(status="submitted", submitted_at=at)
@@ -110,7 +122,7 @@ def approve_time_entry(ctx: Ctx, time_entry_id: str) -> None:
     user = _user(ctx, "approving time")
     if e["status"] != "submitted":
         raise InvalidTransition("time entry", e["status"], "approved")
-    tickets.legacy_tenant(ctx)
+    legacy_tenant(ctx)
     at = now()
     ctx.conn.execute(
         time_entries.update()
