@@ -11,9 +11,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import typer
-from typer import _click as click  # the Click that typer vendors (its TyperGroup is built on it)
 from typer.core import TyperCommand, TyperGroup
 from typer.models import CommandInfo, TyperInfo
+
+try:  # the Click that TyperGroup is built on: typer vendors it (0.2x), older releases use Click itself
+    from typer import _click as click
+except ImportError:  # pragma: no cover
+    import click  # type: ignore[no-redef]
 
 
 @dataclass(frozen=True)
