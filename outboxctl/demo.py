@@ -41,8 +41,10 @@ STATUSES = ["new", "open", "waiting", "resolved", "closed"]
 def _servers(database_url: str | None, redis_url: str | None, console: Console) -> Iterator[tuple[str, str]]:
     if database_url and redis_url:
         # Configured servers: use a throwaway database there, never the configured one itself.
+        with redis.Redis.from_url(redis_url, socket_connect_timeout=5) as r:
+            r.ping()
         name = f"outbox_demo_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(database_url, autocommit=True) as admin:
+        with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as admin:
             admin.execute(f'CREATE DATABASE "{name}"')
         scheme, _, rest = database_url.partition("://")
         base = rest.rsplit("/", 1)[0] if "/" in rest else rest
@@ -159,6 +161,22 @@ class _Burst:
         return time.perf_counter() - started
 
 
+def _drain(dsn: str, relay: subprocess.Popen[bytes], console: Console, stall_s: float = 30) -> None:
+    """Wait until the relay has published every pending row; give up if it exits or stops making progress."""
+    last, progress_at = -1, time.monotonic()
+    with psycopg.connect(dsn, autocommit=True) as c:
+        while pending := c.execute("SELECT count(*) FROM outbox_events WHERE status = 'pending'").fetchone()[0]:  # type: ignore[index]
+            if relay.poll() is not None:
+                console.print("[red]the relay exited before publishing everything[/]")
+                return
+            if pending != last:
+                last, progress_at = pending, time.monotonic()
+            elif time.monotonic() - progress_at > stall_s:
+                console.print(f"[red]the relay published nothing for {stall_s:.0f}s ({pending} rows pending)[/]")
+                return
+            time.sleep(0.05)
+
+
 def run_demo(
     *, transactions: int, writers: int, database_url: str | None, redis_url: str | None, console: Console
 ) -> int:
@@ -177,6 +195,12 @@ def run_demo(
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         err.print("removed the temporary servers and their data", highlight=False)
         return 1
+    except psycopg.OperationalError as exc:
+        err.print(f"database unavailable: {' '.join(str(exc).split())}", markup=False, highlight=False, soft_wrap=True)
+        return 3
+    except redis.exceptions.ConnectionError as exc:
+        err.print(f"redis unavailable: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 3
 
 
 def _run(transactions: int, writers: int, database_url: str | None, redis_url: str | None, console: Console) -> int:
@@ -200,13 +224,7 @@ def _run(transactions: int, writers: int, database_url: str | None, redis_url: s
             burst = _Burst(dsn, transactions, writers)
             write_s = burst.run()
             t0 = time.perf_counter()
-            with psycopg.connect(dsn) as c:
-                while c.execute("SELECT count(*) FROM outbox_events WHERE status = 'pending'").fetchone()[0]:  # type: ignore[index]
-                    if relay.poll() is not None:
-                        console.print("[red]the relay exited before publishing everything[/]")
-                        break
-                    c.rollback()
-                    time.sleep(0.05)
+            _drain(dsn, relay, console)
             drain_tail = time.perf_counter() - t0
             relay.send_signal(signal.SIGTERM)
             relay_rc = relay.wait(15)

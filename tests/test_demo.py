@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from outbox.embedded import DEMO_EXTRA, redis_server_binary
+from outbox.embedded import DEMO_EXTRA, free_port, redis_server_binary
 
 # The demo as `python -m outbox.cli demo`, optionally with the embedded-server packages made uninstallable
 # (a meta-path finder refuses them, as in an install without the [demo] extra) and no local installation.
@@ -165,4 +165,18 @@ def test_redis_failure_after_postgres_started_stops_postgres_and_shows_redis_mes
     first, *rest = [line for line in res.stderr.splitlines() if line.strip()]
     assert first.startswith("error: redis-server did not start: it exited with code"), res.stderr
     assert any("FATAL CONFIG FILE ERROR" in line for line in rest) and "bogus" in res.stderr, res.stderr
+    assert_cleaned_up(demo_tmp)
+
+
+@pytest.mark.parametrize("which", ["database", "redis"])
+def test_demo_with_configured_servers_unreachable_says_so_in_one_line(which, private_dir, demo_tmp, redis_base_url):
+    """A configured URL that nobody answers on: one line naming the server, exit 3 (database unavailable)."""
+    closed = free_port()
+    db = f"postgresql://postgres@127.0.0.1:{closed}/postgres" if which == "database" else "postgresql:///unused"
+    rurl = redis_base_url if which == "database" else f"redis://127.0.0.1:{closed}/0"
+    res = demo(private_dir, demo_tmp, "--transactions", "10", "--database-url", db, "--redis-url", rurl)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert_no_traceback(res)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"{which} unavailable:") and str(closed) in lines[0], res.stderr
     assert_cleaned_up(demo_tmp)
