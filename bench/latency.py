@@ -34,8 +34,8 @@ def _writer(dsn: str, worker: int, offsets: list[float], t0: float, out: Any) ->
     from datetime import UTC, datetime
 
     import outbox
-    from outbox.record import prepare
     from outbox.wire import iso_utc as utc_iso
+    from outbox.write import prepare
 
     conn = psycopg.connect(dsn, application_name=f"bench-latency-writer-{worker}")
     tenant = f"tenant-{worker:04d}"

@@ -316,8 +316,8 @@ def prepare_cost_us(n: int = 20_000) -> dict[str, float]:
 
     import uuid_utils.compat as uuid_utils
 
-    from outbox.record import prepare
     from outbox.wire import iso_utc as utc_iso
+    from outbox.write import prepare
 
     user = str(uuid.uuid4())
     tid = str(uuid.uuid4())

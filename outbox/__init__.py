@@ -2,15 +2,13 @@
 
 ``outbox.record(conn, "TICKET_CREATED", payload, tenant_id=..., actor=...)`` inside your transaction.
 
-The write API (``record`` and the rest from ``outbox.record``) is imported on first use (PEP 562), so
+The write API (``record`` and the rest from ``outbox.write``) is imported on first use (PEP 562), so
 ``import outbox.errors`` or ``import outbox.schemas`` never loads the database side.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from outbox import errors
@@ -28,7 +26,7 @@ from outbox.errors import (
 )
 
 if TYPE_CHECKING:
-    from outbox.record import (
+    from outbox.write import (
         Actor,
         Event,
         arecord,
@@ -71,24 +69,10 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name not in _WRITE_API:
         raise AttributeError(f"module 'outbox' has no attribute {name!r}")
-    value = getattr(importlib.import_module("outbox.record"), name)
+    value = getattr(importlib.import_module("outbox.write"), name)
     globals()[name] = value
     return value
 
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | _WRITE_API)
-
-
-class _Package(ModuleType):
-    """``outbox`` itself: keeps ``outbox.record`` the function when the submodule of that name is imported."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # The import system binds each submodule on its package once loaded; the package's public
-        # ``record`` is the function (as when __init__ imported it eagerly), not the module.
-        if name == "record" and isinstance(value, ModuleType):
-            value = value.record
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -40,10 +40,10 @@ from outbox import (
     schemas,
 )
 from outbox.errors import InvalidArgument, UnsupportedConnection
-from outbox.record import DEFAULT_MAX_PAYLOAD_BYTES
 from outbox.schemas.tickets import TicketCreatedLegacy, TicketCreatedV1, TicketStatusChangedV1
 from outbox.settings import sqlalchemy_url
 from outbox.sql import NOTIFY_CHANNEL
+from outbox.write import DEFAULT_MAX_PAYLOAD_BYTES
 
 TENANT = "tenant-a"
 USER = "6f1c1d7e-3a52-4c1b-9a43-0d6f3c1f2a11"
