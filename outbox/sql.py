@@ -102,16 +102,17 @@ COUNT_FOR_REPLAY: LiteralString = "SELECT count(*) FROM outbox_events WHERE " + 
 # be marked published without being sent. Batches never reopen, so once the relay closes the batch
 # (normally within milliseconds) the row can be replayed.
 REQUEUE: LiteralString = """
-UPDATE outbox_events o SET status = 'pending', publish_seq = NULL, attempts = 0,
+UPDATE outbox_events o SET status = 'pending', publish_seq = NULL, attempts = 0, dead_at = NULL,
        last_error = 'replayed at ' || clock_timestamp()::text || ' after: ' || coalesce(last_error, '')
 WHERE o.id = ANY(%s::bigint[]) AND o.status IN ('dead', 'failed')
   AND NOT EXISTS (SELECT 1 FROM outbox_batches b WHERE o.id = ANY(b.event_ids))
 RETURNING o.id
 """
 
-# A row that fails re-validation during replay stays dead with the new reason.
+# A row that fails re-validation during replay stays dead with the new reason; its retention still counts from
+# when it first became dead.
 REDEAD: LiteralString = """
-UPDATE outbox_events SET status = 'dead', last_error = u.reason
+UPDATE outbox_events SET status = 'dead', last_error = u.reason, dead_at = coalesce(dead_at, clock_timestamp())
 FROM unnest(%s::bigint[], %s::text[]) AS u(id, reason)
 WHERE outbox_events.id = u.id AND outbox_events.status IN ('dead', 'failed')
 """

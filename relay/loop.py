@@ -707,6 +707,8 @@ class Relay:
 
     def _prune(self, db: psycopg.Connection[Any]) -> None:
         self._pruned_at = time.monotonic()
+        db.execute(sql.STAMP_DEAD)  # see relay/sql.py: retention of dead rows counts from dead_at
+        db.commit()
         total = 0
         for stmt, age in (
             (sql.PRUNE_PUBLISHED, self.settings.retention_published),

@@ -117,7 +117,7 @@ WHERE o.id = ANY(%(ids)s::bigint[]) AND o.id = u.id AND o.status = 'pending'
 
 MARK_DEAD: LiteralString = """
 UPDATE outbox_events o
-SET status = 'dead', last_error = u.reason
+SET status = 'dead', last_error = u.reason, dead_at = clock_timestamp()
 FROM unnest(%(ids)s::bigint[], %(reasons)s::text[]) AS u(id, reason)
 WHERE o.id = ANY(%(ids)s::bigint[]) AND o.id = u.id AND o.status = 'pending'
 """
@@ -126,7 +126,7 @@ WHERE o.id = ANY(%(ids)s::bigint[]) AND o.id = u.id AND o.status = 'pending'
 # poison pill rather than crash-looping on it.
 MARK_FAILED: LiteralString = """
 UPDATE outbox_events o
-SET status = 'failed', last_error = u.reason
+SET status = 'failed', last_error = u.reason, dead_at = clock_timestamp()
 FROM unnest(%(ids)s::bigint[], %(reasons)s::text[]) AS u(id, reason)
 WHERE o.id = ANY(%(ids)s::bigint[]) AND o.id = u.id AND o.status = 'pending'
 """
@@ -134,13 +134,25 @@ WHERE o.id = ANY(%(ids)s::bigint[]) AND o.id = u.id AND o.status = 'pending'
 PRUNE_PUBLISHED: LiteralString = """
 DELETE FROM outbox_events WHERE id IN (
     SELECT id FROM outbox_events
-    WHERE status = 'published' AND published_at < clock_timestamp() - make_interval(secs => %(age)s)
+    WHERE status = 'published' AND published_at < now() - make_interval(secs => %(age)s)
     ORDER BY published_at LIMIT %(limit)s)
+"""
+
+# Dead and failed rows are kept for the retention counted from when they became dead (dead_at, set by the
+# marks above and by replay's REDEAD), never from recorded_at: a row that waited in a long backlog must still
+# be there to be replayed. A dead row that some other SQL wrote without dead_at starts its retention at the
+# next sweep (STAMP_DEAD runs first), so it is neither deleted early nor kept forever.
+#   Plan: both use outbox_events_dead_at_idx (partial on the dead statuses; btree keeps the NULLs). The prunes
+#   compare with now(), not clock_timestamp(): a stable cutoff is an index bound, so a sweep reads only the
+#   rows it deletes instead of filtering the whole index.
+STAMP_DEAD: LiteralString = """
+UPDATE outbox_events SET dead_at = clock_timestamp()
+WHERE status IN ('dead', 'failed') AND dead_at IS NULL
 """
 
 PRUNE_DEAD: LiteralString = """
 DELETE FROM outbox_events WHERE id IN (
     SELECT id FROM outbox_events
-    WHERE status IN ('dead', 'failed') AND recorded_at < clock_timestamp() - make_interval(secs => %(age)s)
-    LIMIT %(limit)s)
+    WHERE status IN ('dead', 'failed') AND dead_at < now() - make_interval(secs => %(age)s)
+    ORDER BY dead_at LIMIT %(limit)s)
 """

@@ -36,7 +36,7 @@ def test_standalone_upgrade_is_idempotent_and_downgrade_removes_tables(pg_admin_
     name, url = _fresh(pg_admin_url)
     try:
         first, second = migrate.upgrade(url), migrate.upgrade(url)
-        assert (first.before, first.after, first.host_table) == ((), ("outbox_0004",), None)
+        assert (first.before, first.after, first.host_table) == ((), ("outbox_0005",), None)
         assert first.catalog is not None and first.catalog.inserted == 134
         assert second.before == second.after and second.catalog is not None and second.catalog.changes == 0
         with psycopg.connect(url) as c:
@@ -86,7 +86,7 @@ def test_migrated_schema_has_what_the_code_needs(db_url):
     assert {t for t, _ in cols} == {*migrations.TABLES, migrations.VERSION_TABLE}
     assert cols["outbox_events", "xid"] == ("xid8", "NO")
     assert cols["outbox_events", "payload"] == ("jsonb", "NO")
-    for col in ("event_id", "status", "publish_seq", "attempts", "last_error", "published_at", "stream_id"):
+    for col in ("event_id", "status", "publish_seq", "attempts", "last_error", "published_at", "stream_id", "dead_at"):
         assert ("outbox_events", col) in cols
     for col in ("epoch", "last_seq", "leader", "lease_until", "notify_until", "instance_id"):
         assert ("outbox_relay", col) in cols
@@ -97,7 +97,8 @@ def test_migrated_schema_has_what_the_code_needs(db_url):
     assert cols["system_event_catalog", "legacy_overlaps"] == ("ARRAY", "NO")
     assert {
         "outbox_events_event_id_key", "outbox_events_pending_idx", "outbox_events_published_idx",
-        "outbox_events_failed_idx", "system_event_catalog_event_type_key", "event_catalog_tenant_event_type_key",
+        "outbox_events_failed_idx", "outbox_events_dead_at_idx", "system_event_catalog_event_type_key",
+        "event_catalog_tenant_event_type_key",
         "workflow_triggers_match_idx", "workflow_run_requests_trigger_event_key", "workflow_run_requests_claim_idx",
         "workflow_run_requests_claimed_idx", "workflow_trigger_skips_event_idx",
     } <= idx  # fmt: skip
@@ -123,7 +124,7 @@ def test_host_history_at_head_is_left_alone_and_the_catalog_synced(pg_admin_url)
     try:
         _host_history(url, "heads")
         done = migrate.upgrade(url)
-        assert done.host_table == "public.alembic_version" and done.after == ("outbox_0004",)
+        assert done.host_table == "public.alembic_version" and done.after == ("outbox_0005",)
         assert done.catalog is not None and done.catalog.inserted == 134  # 0002 is schema only
         with psycopg.connect(url) as c:
             assert c.execute("SELECT to_regclass('outbox_alembic_version')").fetchone() == (None,)
@@ -135,7 +136,7 @@ def test_host_history_behind_this_release_is_refused_not_migrated_twice(pg_admin
     name, url = _fresh(pg_admin_url)
     try:
         _host_history(url, "outbox_0003")
-        with pytest.raises(migrate.HostHistoryBehind, match=r"public.alembic_version \(at outbox_0003\).*outbox_0004"):
+        with pytest.raises(migrate.HostHistoryBehind, match=r"public.alembic_version \(at outbox_0003\).*outbox_0005"):
             migrate.upgrade(url)
         with psycopg.connect(url) as c:
             assert c.execute("SELECT to_regclass('outbox_alembic_version')").fetchone() == (None,)
@@ -158,7 +159,7 @@ def test_host_history_without_our_tables_gets_them_standalone(pg_admin_url):
             c.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
             c.execute("INSERT INTO alembic_version VALUES ('h001')")
         done = migrate.upgrade(url)
-        assert done.host_table is None and done.before == () and done.after == ("outbox_0004",)
+        assert done.host_table is None and done.before == () and done.after == ("outbox_0005",)
         with psycopg.connect(url) as c:
             assert c.execute("SELECT version_num FROM alembic_version").fetchall() == [("h001",)]
     finally:
