@@ -124,6 +124,12 @@ class Settings(DaemonSettings):
     retention_dead: float = Field(default=30 * 86_400.0, ge=0, description="Keep dead/failed rows (s)")
     prune_interval: float = Field(default=60.0, gt=0, description="Seconds between retention sweeps")
     redis_wait_replicas: int = Field(default=0, ge=0, description="WAIT for N replicas before marking published")
+    redis_check_interval: float = Field(
+        default=60.0, gt=0, description="Seconds between checks of Redis' eviction/persistence settings and data"
+    )
+    redis_strict: bool = Field(
+        default=False, description="Refuse to start when Redis' settings can lose events (exit 2)"
+    )
 
 
 def libpq_url(url: str) -> str:
