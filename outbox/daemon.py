@@ -131,6 +131,8 @@ def serve(program: Program[S], settings: S, *, once: bool = False, early_signals
     except SchemaNotInstalled as exc:
         print(exc, file=sys.stderr)
         return EXIT_TABLES_MISSING
+    except ConfigurationError as exc:  # found while running (e.g. OUTBOX_REDIS_STRICT at the first Redis check)
+        return config_error(exc)
     finally:
         liveness.stopping()
         for sig, handler in previous.items():
