@@ -118,3 +118,27 @@ WHERE outbox_events.id = u.id AND outbox_events.status IN ('dead', 'failed')
 """
 
 WAKE_RELAY: LiteralString = "SELECT pg_notify('" + NOTIFY_CHANNEL + "', 'replay')"
+
+# ---- republish (after Redis lost data; relay/republish.py) ----
+
+# Published rows in a publication-time window, in stream (position) order, by keyset.
+SELECT_REPUBLISH: LiteralString = """
+SELECT id, event_id::text, coalesce(publish_seq, 0), stream_id FROM outbox_events
+WHERE status = 'published' AND published_at >= %(since)s AND published_at < %(until)s
+  AND (coalesce(publish_seq, 0), id) > (%(after_seq)s, %(after_id)s)
+ORDER BY coalesce(publish_seq, 0), id LIMIT %(limit)s
+"""
+
+# A row the stream lost goes back in the queue: the next claim gives it a new position above the fence,
+# so the fence lets it through exactly once, and the relay marks it published again with its new stream
+# id. Same guard as REQUEUE: a row listed in an open relay batch (marked before its batch was closed) is
+# left alone, or recovering that batch would take its old position for "already on the stream".
+REQUEUE_PUBLISHED: LiteralString = """
+UPDATE outbox_events o SET status = 'pending', publish_seq = NULL, stream_id = NULL, published_at = NULL,
+       attempts = 0, last_error = 'republished at ' || clock_timestamp()::text || ': lost by Redis'
+WHERE o.id = ANY(%s::bigint[]) AND o.status = 'published'
+  AND NOT EXISTS (SELECT 1 FROM outbox_batches b WHERE o.id = ANY(b.event_ids))
+RETURNING o.id
+"""
+
+INSTANCE_ID: LiteralString = "SELECT instance_id::text FROM outbox_relay WHERE name = 'default'"

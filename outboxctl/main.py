@@ -293,6 +293,75 @@ def replay(
         )
 
 
+def _iso(value: str, option: str) -> datetime:
+    """An ISO-8601 time from the command line; without an offset it is UTC."""
+    from datetime import UTC
+
+    try:
+        when = datetime.fromisoformat(value.strip())
+    except ValueError:
+        err.print(f"[red]{option} must be an ISO-8601 time[/] (e.g. 2026-01-31T08:00:00Z), got {value!r}")
+        raise typer.Exit(2) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+@app.command()
+def republish(
+    since: Annotated[str, typer.Option("--since", help="Published at or after (ISO-8601; UTC if no offset)")],
+    until: Annotated[str | None, typer.Option("--until", help="Published before (ISO-8601; default now)")] = None,
+    database_url: DbUrl = None,
+    redis_url: RedisUrl = None,
+    stream: Stream = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what is missing; change nothing")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """After Redis lost data: queue again the rows published in a window whose entries the stream no longer
+    holds. The relay publishes them once more (new positions, through the fence); entries still on the
+    stream, or trimmed from it, are left alone, so running it twice duplicates nothing."""
+    from datetime import UTC
+
+    from outbox import sql, wire
+    from outbox.errors import BrokerError
+    from outbox.relay.publisher import RedisStreamPublisher, fence_key
+    from outbox.relay.republish import republish as run_republish
+
+    start = _iso(since, "--since")
+    end = _iso(until, "--until") if until else datetime.now(UTC)
+    settings = _settings(database_url=database_url, redis_url=redis_url, stream=stream)
+    try:
+        url = settings.require_redis()
+    except ConfigurationError as exc:
+        err.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from None
+    with _connect(settings) as conn, ops.tables_required():
+        row = conn.execute(sql.INSTANCE_ID).fetchone()
+        conn.rollback()
+        if row is None:
+            err.print("[red]error:[/] no outbox_relay row: run `outbox migrate`")
+            raise typer.Exit(1)
+        publisher = RedisStreamPublisher.from_url(url, settings.stream, fence_key(settings.stream, row[0]), wire.FIELDS)
+        try:
+            report = run_republish(conn, publisher, start, end, dry_run=dry_run)
+        except BrokerError as exc:
+            err.print(f"[red]broker unavailable:[/] {exc}", markup=False, highlight=False)
+            raise typer.Exit(3) from None
+        finally:
+            publisher.close()
+    if as_json:
+        _dump(report.__dict__)
+        return
+    verb = "would requeue" if dry_run else "requeued"
+    out.print(
+        f"published in [{report.since}, {report.until}): {report.matched}; still on the stream: {report.on_stream}; "
+        f"trimmed (left alone): {report.trimmed}; lost, {verb}: {len(report.requeued)}",
+        markup=False, highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    if report.requeued and not dry_run:
+        out.print("the relay publishes them again, each once (`outbox status` shows them pending until then)")
+    if report.in_open_batch:
+        out.print(f"in a relay batch not closed yet (run the republish again shortly): {len(report.in_open_batch)}")
+
+
 @app.command()
 def demo(
     transactions: Annotated[int, typer.Option(help="Business transactions in the burst")] = 2000,

@@ -11,6 +11,12 @@ FAILED = Counter("outbox_relay_failed_total", "Rows marked failed after too many
 BATCHES = Counter("outbox_relay_batches_total", "Batches claimed")
 BROKER_ERRORS = Counter("outbox_relay_broker_errors_total", "Failed publish attempts")
 DB_ERRORS = Counter("outbox_relay_db_errors_total", "Database errors")
+REDIS_LOSS = Counter(
+    "outbox_relay_redis_data_loss_total",
+    "Times the relay found Redis had lost published events (fence key or stream reset)",
+    ["what"],
+)
+REDIS_RISK = Gauge("outbox_relay_redis_config_risk", "1 while Redis' settings can lose events", ["risk"])
 LEADER = Gauge("outbox_relay_is_leader", "1 while this process holds the relay lease")
 BATCH_SECONDS = Histogram(
     "outbox_relay_batch_seconds",

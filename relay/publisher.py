@@ -30,6 +30,27 @@ class PublishResult:
 
     ids: list[str | None]
     error: BrokerError | None = None
+    #: The fence the script found before this batch: its value, or -1 when the fence key did not exist.
+    fence_before: int = 0
+    #: The stream did not exist (or was an empty stream nothing was ever added to) before this batch.
+    stream_fresh: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """What Redis holds for one outbox: the fence (``None`` when its key is missing) and the stream's shape.
+
+    ``last_id`` is the stream's last generated id (kept by Redis through trimming and XDEL; only a new
+    stream starts again from 0-0); ``origin`` the first id of the current incarnation of the stream, as
+    recorded by the fence script when it found the stream fresh (``None`` before the first one).
+    """
+
+    fence: int | None
+    exists: bool
+    length: int = 0
+    first_id: str | None = None
+    last_id: str | None = None
+    origin: str | None = None
 
 
 class Publisher(Protocol):
@@ -71,6 +92,16 @@ class Publisher(Protocol):
 # when that second matters. The fence key must never be evicted: run Redis with
 # `maxmemory-policy noeviction` (streams need it anyway). In a cluster the fence key shares the
 # stream's hash slot through a hash tag.
+#
+# Loss. Positions come from Postgres (outbox_relay.last_seq) and only grow, so a fence that lost its
+# value (Redis restarted empty, key evicted) never lets a *new* event through twice: new positions are
+# above anything the old fence held. What is lost is what the stream lost. So the script reports the
+# fence it found (-1: no key) and whether the stream was fresh; the relay compares that with the
+# highest position Postgres knows was appended and logs the loss (relay/loop.py). When it finds the
+# stream fresh, the script records the id of its first entry in the origin key: entries older than
+# that belong to an earlier incarnation of the stream, which `outbox republish` uses to tell entries
+# lost with it from entries trimmed away on purpose (relay/republish.py).
+# KEYS: the stream, the fence, the origin.
 # ARGV: trim mode ('' | MAXLEN | MINID), trim threshold, field count N, the N field names, then per
 # event two arguments: its position, and its N values joined by NUL. NUL cannot occur in the values
 # (they come from Postgres text and jsonb, which cannot hold it), and two arguments per event instead
@@ -81,7 +112,20 @@ local args
 if ARGV[1] ~= '' then args = {KEYS[1], ARGV[1], '~', ARGV[2], '*'} else args = {KEYS[1], '*'} end
 local off = #args
 for j = 1, nf do args[off + 2 * j - 1] = ARGV[3 + j] end
-local hwm = tonumber(redis.call('GET', KEYS[2]) or '0')
+local raw = redis.call('GET', KEYS[2])
+local before = -1
+if raw then before = tonumber(raw) end
+local hwm = math.max(before, 0)
+local fresh = 0
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  fresh = 1
+elseif redis.call('XLEN', KEYS[1]) == 0 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for j = 1, #info, 2 do
+    if info[j] == 'last-generated-id' and info[j + 1] == '0-0' then fresh = 1 end
+  end
+end
+local first = nil
 local out = {}
 local k = 0
 for i = 4 + nf, #ARGV, 2 do
@@ -104,21 +148,40 @@ for i = 4 + nf, #ARGV, 2 do
     end
     local id = redis.pcall('XADD', unpack(args))
     if type(id) == 'table' and id.err then
-      redis.call('SET', KEYS[2], hwm)
-      return {out, id.err}
+      if first then redis.call('SET', KEYS[2], hwm) end
+      return {out, id.err, before, fresh}
+    end
+    if first == nil then
+      first = id
+      if fresh == 1 then redis.call('SET', KEYS[3], id) end
     end
     out[k] = id
     hwm = seq
   end
 end
-redis.call('SET', KEYS[2], hwm)
-return {out, ''}
+if first then redis.call('SET', KEYS[2], hwm) end
+return {out, '', before, fresh}
 """
 
 
 def fence_key(stream: str, instance_id: str) -> str:
     """The fence key of one outbox database: same hash slot as the stream, distinct per outbox instance."""
     return f"{{{stream}}}:outbox-fence:{instance_id}"
+
+
+def origin_key(fence: str) -> str:
+    """The key holding the first stream id of the current stream incarnation (next to its fence)."""
+    return fence + ":origin"
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def stream_id_key(sid: str) -> tuple[int, int]:
+    """A stream id as a sortable pair (``"1700000000000-3"`` -> ``(1700000000000, 3)``)."""
+    ms, _, n = sid.partition("-")
+    return int(ms), int(n or 0)
 
 
 def classify(exc: Exception) -> BrokerError:
@@ -146,6 +209,7 @@ class RedisStreamPublisher:
         self.client = client
         self.stream = stream
         self.fence = fence
+        self.origin = origin_key(fence)
         self._script = client.register_script(_FENCE_LUA)
         self._head = [str(len(field_names)), *field_names]
         self._trim_maxlen = trim_maxlen
@@ -158,9 +222,7 @@ class RedisStreamPublisher:
         cls, url: str, stream: str, fence: str, field_names: Sequence[str], **kwargs: Any
     ) -> RedisStreamPublisher:
         """A publisher on its own connection pool (socket timeouts so a dead Redis cannot hang the relay)."""
-        client = redis.Redis.from_url(
-            url, socket_timeout=10, socket_connect_timeout=3, health_check_interval=30, retry_on_timeout=False
-        )
+        client = client_from_url(url)
         return cls(client, stream, fence, field_names, **kwargs)
 
     def _trim(self) -> tuple[str, str]:
@@ -188,7 +250,7 @@ class RedisStreamPublisher:
             args.append(o.seq)
             args.append("\0".join(o.values))
         try:
-            raw_ids, err = self._script(keys=[self.stream, self.fence], args=args)
+            raw_ids, err, before, fresh = self._script(keys=[self.stream, self.fence, self.origin], args=args)
         except redis.RedisError as exc:
             raise classify(exc) from exc
         ids: list[str | None] = [
@@ -205,7 +267,7 @@ class RedisStreamPublisher:
                 raise classify(exc) from exc
             if acked < self._wait_replicas:
                 raise BrokerError(f"only {acked} of {self._wait_replicas} replicas acknowledged", transient=True)
-        return PublishResult(ids, error)
+        return PublishResult(ids, error, fence_before=int(before), stream_fresh=bool(fresh))
 
     def locate(self, event_ids: Collection[str], scan: int) -> dict[str, str]:
         """Stream ids of the given events among the last ``scan`` entries, newest first (XREVRANGE pages).
@@ -236,6 +298,79 @@ class RedisStreamPublisher:
             raise classify(exc) from exc
         return found
 
+    def state(self) -> StreamState:
+        """The fence, the stream's length, first and last generated ids, and the origin, in one round trip."""
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.get(self.fence)
+                pipe.get(self.origin)
+                pipe.exists(self.stream)
+                fence, origin, exists = pipe.execute()
+            if not exists:
+                return StreamState(int(fence) if fence else None, False, origin=_text(origin) if origin else None)
+            info = self.client.xinfo_stream(self.stream)
+        except redis.ResponseError as exc:
+            if "no such key" in str(exc).lower():  # deleted between the two calls
+                return StreamState(int(fence) if fence else None, False)
+            raise classify(exc) from exc
+        except redis.RedisError as exc:
+            raise classify(exc) from exc
+        first = info.get("first-entry")
+        return StreamState(
+            fence=int(fence) if fence else None,
+            exists=True,
+            length=int(info.get("length", 0)),
+            first_id=_text(first[0]) if first else None,
+            last_id=_text(info.get("last-generated-id", "0-0")),
+            origin=_text(origin) if origin else None,
+        )
+
+    def entries(self, stream_ids: Sequence[str]) -> dict[str, str]:
+        """``stream id -> event_id`` of those ids the stream still holds (pipelined XRANGE id id)."""
+        found: dict[str, str] = {}
+        try:
+            for start in range(0, len(stream_ids), 1000):
+                chunk = stream_ids[start : start + 1000]
+                with self.client.pipeline(transaction=False) as pipe:
+                    for sid in chunk:
+                        pipe.xrange(self.stream, min=sid, max=sid, count=1)
+                    replies = pipe.execute()
+                for sid, reply in zip(chunk, replies, strict=True):
+                    if reply:
+                        fields = reply[0][1] or {}
+                        raw = fields.get(b"event_id", fields.get("event_id"))
+                        if raw is not None:
+                            found[sid] = _text(raw)
+        except redis.RedisError as exc:
+            raise classify(exc) from exc
+        return found
+
+    def find_between(self, event_ids: Collection[str], lo: str, hi: str, scan: int = 100_000) -> dict[str, str]:
+        """``event_id -> stream id`` of those events found between stream ids ``lo`` and ``hi`` (inclusive)."""
+        want = set(event_ids)
+        found: dict[str, str] = {}
+        low = lo
+        try:
+            while want and scan > 0:
+                page = self.client.xrange(self.stream, min=low, max=hi, count=min(scan, 1000))
+                if not page:
+                    break
+                for sid, fields in page:
+                    raw = (fields or {}).get(b"event_id", (fields or {}).get("event_id"))
+                    eid = _text(raw) if raw is not None else None
+                    if eid in want:
+                        want.discard(eid)
+                        found[eid] = _text(sid)
+                scan -= len(page)
+                low = "(" + _text(page[-1][0])
+        except redis.RedisError as exc:
+            raise classify(exc) from exc
+        return found
+
+    def server_settings(self) -> dict[str, str]:
+        """Redis' eviction and persistence settings (see ``redis_server_settings``)."""
+        return redis_server_settings(self.client)
+
     def ping(self) -> None:
         """Raise ``BrokerError`` if Redis does not answer."""
         try:
@@ -246,3 +381,39 @@ class RedisStreamPublisher:
     def close(self) -> None:
         """Close the connection pool."""
         self.client.close()
+
+
+def redis_server_settings(client: redis.Redis) -> dict[str, str]:
+    """``maxmemory-policy``, ``appendonly``, ``appendfsync`` and ``save`` from CONFIG GET, or, where CONFIG is
+    disabled or renamed (managed Redis), ``maxmemory-policy`` and ``appendonly`` from INFO (no ``save``).
+    ``BrokerError`` when neither answers."""
+    try:
+        got: dict[str, str] = {}
+        for name in ("maxmemory-policy", "appendonly", "appendfsync", "save"):
+            got.update({_text(k): _text(v) for k, v in client.config_get(name).items()})
+        if "maxmemory-policy" in got:
+            return got
+    except redis.ResponseError:
+        pass  # CONFIG disabled or renamed: INFO is usually still there
+    except redis.RedisError as exc:
+        raise classify(exc) from exc
+    try:
+        info = client.info("memory")
+        info.update(client.info("persistence"))
+    except redis.RedisError as exc:
+        raise classify(exc) from exc
+    out: dict[str, str] = {}
+    if "maxmemory_policy" in info:
+        out["maxmemory-policy"] = _text(info["maxmemory_policy"])
+    if "aof_enabled" in info:
+        out["appendonly"] = "yes" if int(info["aof_enabled"]) else "no"
+    if not out:
+        raise BrokerError("neither CONFIG GET nor INFO reports the eviction policy", transient=False)
+    return out
+
+
+def client_from_url(url: str) -> redis.Redis:
+    """A Redis client with the relay's timeouts (a dead Redis cannot hang the caller)."""
+    return redis.Redis.from_url(
+        url, socket_timeout=10, socket_connect_timeout=3, health_check_interval=30, retry_on_timeout=False
+    )
