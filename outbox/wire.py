@@ -5,9 +5,13 @@ Every value is a string; an absent value is the empty string.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from outbox.envelope import is_iso_datetime
+from outbox.errors import OutboxError
 
 FIELDS = (
     "event_id",
@@ -24,9 +28,56 @@ FIELDS = (
 )
 
 
+class WireError(OutboxError):
+    """A value the wire format cannot carry (the relay dead-letters the row with this reason)."""
+
+
 def iso_utc(ts: datetime) -> str:
     """``2026-11-25T18:42:13.123Z``: millisecond ISO-8601 in UTC, as JavaScript's ``toISOString``."""
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+    u = ts.astimezone(UTC)
+    # Not strftime: its %Y does not zero-pad years before 1000 on glibc.
+    return (
+        f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}."
+        f"{u.microsecond // 1000:03d}Z"
+    )
+
+
+_CANONICAL = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+
+
+def column_timestamp(rendered: str | None) -> str:
+    """The relay's rendering of the ``occurred_at`` column (``relay.sql.OCCURRED_AT``: millisecond UTC text
+    plus the era, ``... AD``) as wire text; ``WireError`` when the wire cannot carry it: infinite, BC, or
+    after year 9999."""
+    if rendered is None:  # to_char of infinity / -infinity
+        raise WireError("occurred_at is infinite (infinity or -infinity); the wire carries years 0001-9999")
+    text, _, era = rendered.rpartition(" ")
+    if era != "AD":
+        raise WireError(f"occurred_at {text} {era} is before year 1 (BC); the wire carries years 0001-9999")
+    if len(text) != 24 or _CANONICAL.fullmatch(text) is None:
+        raise WireError(f"occurred_at {text} is after year 9999; the wire carries years 0001-9999")
+    return text
+
+
+def timestamp(occurred_at: Any, column: str) -> str:
+    """The wire ``timestamp``: the payload's ``occurredAt`` (normalised to ``iso_utc``), or the
+    ``occurred_at`` column (``column_timestamp``) only when the payload has none. ``WireError`` when the
+    payload's value is not an ISO-8601 date-time with an offset."""
+    if occurred_at is None:
+        return column
+    if isinstance(occurred_at, str):
+        if len(occurred_at) == 24 and _CANONICAL.fullmatch(occurred_at) is not None:
+            return occurred_at  # what record writes: nothing to normalise
+        if is_iso_datetime(occurred_at):
+            try:
+                return iso_utc(datetime.fromisoformat(occurred_at))
+            except (ValueError, OverflowError):  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+                pass
+    shown = repr(occurred_at)[:80]
+    raise WireError(f"payload occurredAt {shown} is not an ISO-8601 date-time (years 0001-9999, with an offset)")
+
+
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 def user_id_of(payload: Any) -> str:

@@ -16,21 +16,12 @@ from typing import Any
 
 import psycopg
 
-from outbox import schemas, wire
+from outbox import envelope, schemas, wire
 from outbox.errors import BrokerError, OutboxError, PayloadTooLarge, TenantMismatch
 from outbox.liveness import Liveness
 from outbox.ops import missing_tables
 from outbox.relay import metrics, sql
-from outbox.relay.guard import RISK_CODES, RedisGuard, Risk
-from outbox.relay.loss import Loss, LossWatch
-from outbox.relay.publisher import (
-    Outgoing,
-    Publisher,
-    RedisStreamPublisher,
-    client_from_url,
-    fence_key,
-    redis_server_settings,
-)
+from outbox.relay.publisher import Outgoing, Publisher, RedisStreamPublisher, fence_key
 from outbox.retry import backoff_delay
 from outbox.schemas.registry import Registry
 from outbox.settings import Settings
@@ -84,6 +75,16 @@ class _Mark:
     published: list[tuple[int, str | None, int]] = field(default_factory=list)  # (row id, stream id, seq)
     dead: list[tuple[int, str]] = field(default_factory=list)
     failed: list[tuple[int, str]] = field(default_factory=list)
+
+
+# A recovered batch that a relay died with is split into this many parts (see Relay._split).
+_SPLIT_INTO = 16
+
+
+def _reason(r: _Row, exc: Exception) -> str:
+    """One line for last_error: the error's type, the row's schema ref, the message (bounded)."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    return f"{type(exc).__name__} [{r.schema_ref}] {text[:1000]}"
 
 
 class _Stop(Exception):
@@ -141,6 +142,9 @@ class Relay:
         # ids stay excluded, and recovery sends it again through the fence (which drops every event).
         self._mark_lock = threading.Lock()
         self._unmarked: dict[int, list[int]] = {}  # batch id -> row ids whose mark has not committed
+        # Open batches this process has taken in hand: when it recovers one of them itself (after a database
+        # error, a stop, a failed mark) no relay died with it, so its rows are not blamed (RECOVER_BATCH).
+        self._held: set[int] = set()
         self._mark_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-mark")
         self._mark_db: psycopg.Connection[Any] | None = None
         self._mark_fut: Future[None] | None = None
@@ -160,14 +164,6 @@ class Relay:
         self._broker_down_since: float | None = None
         # Process-runner hooks (systemd READY/WATCHDOG, health metric): alive() from this loop only.
         self.liveness = Liveness()
-        # Redis checks (relay/guard.py, relay/loss.py): at start and every redis_check_interval.
-        self._loss = LossWatch(self._report_loss)
-        self._guard: RedisGuard | None = None
-        self._check_client: Any = None
-        self._checked_at: float | None = None
-        self._check_failed_said = False
-        if settings.redis_url is not None:
-            self._guard = RedisGuard(self._redis_settings, strict=settings.redis_strict, on_risk=self._note_risk)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -247,16 +243,11 @@ class Relay:
         if self._publisher is not None:
             self._publisher.close()
             self._publisher = None
-        if self._check_client is not None:
-            self._check_client.close()
-            self._check_client = None
 
     # ---- one iteration -----------------------------------------------------------------------------
 
     def _step(self, until_idle: bool) -> bool:
         self.liveness.alive()
-        if not self._check_redis():
-            return True  # strict mode: nothing happens before Redis' settings have been checked
         db = self._connect()
         if self._mark_fut is not None and self._mark_fut.done():
             self._await_mark()  # see a failed mark now, not only when the next batch is handed over
@@ -275,18 +266,21 @@ class Relay:
             # An interrupted batch must go out before anything claimed after it: positions only grow on
             # the stream, and the fence would otherwise drop the older batch's unsent rows.
             self._drop_prefetch()
+        blamed = False
         if self._prefetch is not None:
             fut, self._prefetch = self._prefetch, None
             rows, recovered = fut.result(), False
         else:
-            rows, recovered = self._claim(db)
+            rows, recovered, blamed = self._claim(db)
         if rows:
             self._idle = False
             if not recovered and len(rows) == self.settings.batch_size and not self._stop.is_set():
                 self._prefetch = self._pool.submit(self._claim_ahead, self._excluded([r.id for r in rows]))
             # Rows of an interrupted batch at or below the fence are already on the stream.
             hwm = self._with_broker(lambda p: p.high_water()) if recovered else 0
-            self._process(rows, hwm, recovered=recovered)
+            if blamed and self._split(db, rows, hwm):
+                return True  # its parts are recovered next, one at a time
+            self._process(rows, hwm, recovered=recovered, blamed=blamed)
             self._last_busy = time.monotonic()
             if len(rows) < self.settings.batch_size and self.settings.poll_interval and not recovered:
                 self._stop.wait(self.settings.poll_interval)  # let a few more rows gather
@@ -360,11 +354,6 @@ class Relay:
         hwm = self._with_broker(lambda p: p.high_water())
         db.execute(sql.SYNC_SEQ, {"hwm": hwm, "epoch": self.epoch})
         db.commit()
-        head = db.execute(sql.PUBLISHED_HEAD).fetchone()
-        db.rollback()
-        if head is not None:
-            self._loss.baseline(head[0], head[1])
-        self._probe_loss()
         self._recover = True
         self._idle = False
         return True
@@ -391,8 +380,9 @@ class Relay:
 
     # ---- claim / process / mark --------------------------------------------------------------------
 
-    def _claim(self, db: psycopg.Connection[Any]) -> tuple[list[_Row], bool]:
-        """Claim the next batch (or, after an interruption, take the oldest open batch back for recovery)."""
+    def _claim(self, db: psycopg.Connection[Any]) -> tuple[list[_Row], bool, bool]:
+        """Claim the next batch (or, after an interruption, take the oldest open batch back for recovery).
+        Returns the rows, whether they are a recovered batch, and whether a relay died with it (blamed)."""
         if self._recover:
             self._await_mark()  # a batch whose mark is in flight is not interrupted
             batches = db.execute(sql.OPEN_BATCHES).fetchall()
@@ -400,18 +390,24 @@ class Relay:
             with self._mark_lock:  # a mark that failed after its commit: the batch is closed after all
                 still_open = {int(b[0]) for b in batches}
                 self._unmarked = {k: v for k, v in self._unmarked.items() if k in still_open}
+                self._held &= still_open
             if batches:
                 batch_id = int(batches[0][0])
                 log.info("recovering interrupted batch %s (%d open)", batch_id, len(batches))
+                with self._mark_lock:
+                    blame = batch_id not in self._held
                 with db.pipeline():
-                    cur = db.execute(sql.RECOVER_BATCH, {"batch": batch_id})
+                    cur = db.execute(sql.RECOVER_BATCH, {"batch": batch_id, "blame": blame})
                     db.commit()
-                rows = [_Row(*r) for r in cur.fetchall()]
+                with self._mark_lock:
+                    self._held.add(batch_id)
+                fetched = cur.fetchall()
+                rows = [_Row(*r[:-1]) for r in fetched]
                 if not rows:  # nothing of it left pending: just close it
                     self._submit_mark(_Mark(batch_id), now=True)
-                return rows, True
+                return rows, True, bool(fetched and fetched[0][-1])
             self._recover = False
-        return self._claim_new(db, self._excluded()), False
+        return self._claim_new(db, self._excluded()), False, False
 
     def _excluded(self, in_flight: list[int] | None = None) -> list[int]:
         """Row ids no claim may take: the batch in flight, and batches whose mark has not committed."""
@@ -429,6 +425,8 @@ class Relay:
         self._db_failures = 0
         if rows:
             self._renewed_at = time.monotonic()
+            with self._mark_lock:
+                self._held.add(rows[0].batch)
         return rows
 
     def _claim_ahead(self, exclude: list[int]) -> list[_Row]:
@@ -515,6 +513,7 @@ class Relay:
         self._write_mark(db, mark)
         with self._mark_lock:
             self._unmarked.pop(mark.batch, None)
+            self._held.discard(mark.batch)
 
     def _mark_async(self, mark: _Mark) -> None:
         """(Marker thread, own connection.) Write one mark."""
@@ -533,8 +532,11 @@ class Relay:
             raise
         with self._mark_lock:
             self._unmarked.pop(mark.batch, None)
+            self._held.discard(mark.batch)
 
     def _encode(self, r: _Row) -> list[str]:
+        """The entry of one row, checked by the reader's envelope rules; raises whatever is wrong with it."""
+        column_ts = wire.column_timestamp(r.timestamp)  # WireError: infinite, BC, after 9999
         model = self.registry.validate_json(r.event_type, r.payload, ref=r.schema_ref)
         tenant = str(getattr(model, "tenantId", "") or "")
         if tenant != r.tenant_id:
@@ -542,11 +544,11 @@ class Relay:
         size = len(r.payload.encode()) if len(r.payload) * 4 > self.settings.max_payload_bytes else 0
         if size > self.settings.max_payload_bytes:
             raise PayloadTooLarge(r.event_type, size, self.settings.max_payload_bytes)
-        return wire.values(
+        values = wire.values(
             event_id=r.event_id,
             event_type=r.event_type,
             tenant=tenant,
-            timestamp=r.timestamp,
+            timestamp=wire.timestamp(getattr(model, "occurredAt", None), column_ts),
             payload_json=r.payload,
             user_id=wire.user_id_of(model),
             execution_id=r.execution_id,
@@ -555,14 +557,20 @@ class Relay:
             to_state=r.to_state,
             correlation_key=r.correlation_key,
         )
+        # The contract validation above parsed payload_json as a JSON object (every contract is an object).
+        envelope.check(dict(zip(wire.FIELDS, values, strict=True)), payload_is_object=True)
+        return values
 
-    def _process(self, rows: list[_Row], hwm: int = 0, *, recovered: bool = False) -> None:
+    def _process(self, rows: list[_Row], hwm: int = 0, *, recovered: bool = False, blamed: bool = False) -> None:
         started = time.perf_counter()
         self.stats.batches += 1
         metrics.BATCHES.inc()
         mark = _Mark(rows[0].batch)
         good: list[_Row] = []
         out: list[Outgoing] = []
+        # Only a row that relays died with while it was alone in its batch is a proven poison pill (a blamed
+        # batch of several is split first, see _split).
+        alone = blamed and sum(r.seq > hwm for r in rows) == 1
         for r in rows:
             if r.seq <= hwm:
                 # Only rows that were valid are ever sent, and rejected rows are marked before anything
@@ -571,14 +579,20 @@ class Relay:
                 self.stats.fence_skipped += 1
                 metrics.DEDUPED.inc()
                 continue
-            if r.attempts > self.settings.max_attempts:
-                mark.failed.append((r.id, f"carried by {r.attempts} interrupted relay batches (poison row?)"))
+            if alone and r.attempts > self.settings.max_attempts:
+                mark.failed.append(
+                    (r.id, f"carried by {r.attempts} interrupted relay batches, the last ones alone: a relay dies "
+                           "handling it (poison row)")
+                )  # fmt: skip
+                log.error("marked event %s (%s) failed: %s", r.event_id, r.event_type, mark.failed[-1][1])
                 continue
             try:
                 values = self._encode(r)
-            except OutboxError as exc:
-                mark.dead.append((r.id, f"{type(exc).__name__} [{r.schema_ref}] {exc}"))
+            except Exception as exc:  # whatever one row raises is that row's reason, never the relay's end
+                mark.dead.append((r.id, _reason(r, exc)))
                 log.warning("dead-lettered event %s (%s): %s", r.event_id, r.event_type, mark.dead[-1][1])
+                if not isinstance(exc, OutboxError):
+                    log.debug("unexpected error encoding event %s", r.event_id, exc_info=True)
                 metrics.DEAD.labels(r.event_type).inc()
                 continue
             good.append(r)
@@ -611,6 +625,26 @@ class Relay:
         self.stats.failed += failed
         metrics.FAILED.inc(failed)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+
+    def _split(self, db: psycopg.Connection[Any], rows: list[_Row], hwm: int) -> bool:
+        """A relay died with this recovered batch in hand: replace it by up to ``_SPLIT_INTO`` smaller batches
+        of its unsent rows, recovered one at a time. A row that kills every relay handling it is thereby
+        alone after a few deaths (1,000 rows: 3), and only it collects further attempts; the rows that shared
+        its batch are published. False when at most one row is unsent (nothing to split)."""
+        unsent = [r for r in rows if r.seq > hwm]
+        if len(unsent) < 2:
+            return False
+        parts = min(_SPLIT_INTO, len(unsent))
+        starts = [unsent[i * len(unsent) // parts].seq for i in range(1, parts)]
+        db.execute(sql.SPLIT_BATCH, {"batch": rows[0].batch, "starts": starts})
+        db.commit()
+        with self._mark_lock:
+            self._held.discard(rows[0].batch)
+        log.warning(
+            "batch %s was in flight when a relay died; its %d unsent event(s) are retried in %d smaller batches "
+            "so that an event that kills relays is isolated", rows[0].batch, len(unsent), parts,
+        )  # fmt: skip
+        return True
 
     def _locate(self, rows: list[_Row], mark: _Mark) -> None:
         """Fill in the stream ids of recovered rows the fence had already seen (best effort: they are
@@ -645,7 +679,6 @@ class Relay:
             except BrokerError as exc:
                 error = exc
             else:
-                self._loss.on_publish(result, [o.seq for o in out])
                 n = len(result.ids)
                 skipped = 0
                 for r, sid in zip(good[:n], result.ids, strict=True):
@@ -696,71 +729,6 @@ class Relay:
                 log.warning("broker available again after %.1fs", time.monotonic() - self._broker_down_since)
                 self._broker_down_since = None
             return value
-
-    # ---- Redis checks ------------------------------------------------------------------------------
-
-    def _redis_settings(self) -> dict[str, str]:
-        if self._check_client is None:
-            self._check_client = client_from_url(self.settings.require_redis())
-        return redis_server_settings(self._check_client)
-
-    @staticmethod
-    def _note_risk(risk: Risk) -> None:
-        metrics.REDIS_RISK.labels(risk.code).set(1)
-
-    def _check_redis(self) -> bool:
-        """At start and every ``redis_check_interval``: Redis' eviction/persistence settings (all relays) and
-        its data against what Postgres knows was published (the leader). False: wait (strict, unchecked)."""
-        guard = self._guard
-        now = time.monotonic()
-        verified = guard is None or guard.verified
-        interval = self.settings.redis_check_interval if verified else min(self.settings.redis_check_interval, 5.0)
-        if self._checked_at is not None and now - self._checked_at < interval:
-            return True
-        self._checked_at = now
-        if guard is not None:
-            try:
-                for code in RISK_CODES - {r.code for r in guard.check()}:
-                    metrics.REDIS_RISK.labels(code).set(0)
-            except BrokerError as exc:
-                if not self._check_failed_said:
-                    self._check_failed_said = True
-                    log.warning("could not check Redis' settings yet (%s); checking again", exc)
-                if guard.strict and not guard.verified:
-                    self._checked_at = None
-                    self._backoff_sleep(3)
-                    return False
-                return True
-        if self.epoch is not None:
-            with contextlib.suppress(BrokerError):  # an outage is the publish path's business
-                self._probe_loss()
-        return True
-
-    def _probe_loss(self) -> None:
-        state = getattr(self._publisher, "state", None)
-        if state is not None:
-            self._loss.on_state(state())
-
-    def _report_loss(self, loss: Loss) -> None:
-        """One loud line per loss, naming what was lost and the command that restores it."""
-        metrics.REDIS_LOSS.labels(loss.what).inc()
-        since = None
-        db = self._db
-        if db is not None and not db.closed and not db.broken:
-            with contextlib.suppress(psycopg.Error):
-                row = db.execute(sql.LOSS_SINCE, {"after": loss.after_seq}).fetchone()
-                db.rollback()
-                since = row[0] if row else None
-        fix = (
-            f"restore them with: outbox republish --since '{since.isoformat()}'"
-            if since is not None
-            else "no published row is retained in Postgres to restore them from"
-        )
-        log.error(
-            "REDIS LOST PUBLISHED EVENTS on stream %s: %s. Events marked published after position %d may be "
-            "missing from the stream (new events are still published exactly once); %s",
-            self.settings.stream, loss.detail, loss.after_seq, fix,
-        )  # fmt: skip
 
     # ---- waiting -----------------------------------------------------------------------------------
 

@@ -37,10 +37,16 @@ UPDATE outbox_relay SET last_seq = greatest(last_seq, %(hwm)s)
 WHERE name = 'default' AND epoch = %(epoch)s RETURNING last_seq
 """
 
+# occurred_at as millisecond UTC text plus its era ("2026-01-02T03:04:05.678Z AD"): NULL for infinity,
+# "BC" for dates before year 1, five digits after year 9999. Never a timestamptz value: psycopg cannot load
+# those, and one such row would fail the whole batch's fetch. outbox.wire.column_timestamp refuses the
+# ones the wire cannot carry, row by row.
+OCCURRED_AT: LiteralString = "to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z \"BC')"
+
 _COLUMNS: LiteralString = (
     "e.id, e.event_id::text, e.tenant_id, e.event_type, e.schema_ref, e.payload::text, "
-    "to_char(e.occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), "
-    "e.execution_id, e.event_name, e.from_state, e.to_state, e.correlation_key, e.attempts"
+    + OCCURRED_AT
+    + ", e.execution_id, e.event_name, e.from_state, e.to_state, e.correlation_key, e.attempts"
 )
 
 # The claim: one statement, nothing written to outbox_events. It reads the oldest committed pending
@@ -81,40 +87,52 @@ ORDER BY p.id
 """
 )
 
-# What Postgres knows was appended (loss detection, relay/loss.py): the highest position among the most
-# recently published rows and the newest stream id. Walks the published index backwards, 1000 rows.
-PUBLISHED_HEAD: LiteralString = """
-SELECT max(publish_seq), (array_agg(stream_id ORDER BY publish_seq DESC) FILTER (WHERE stream_id IS NOT NULL))[1]
-FROM (SELECT publish_seq, stream_id FROM outbox_events WHERE status = 'published'
-      ORDER BY published_at DESC LIMIT 1000) t
-"""
-
-# Where a republish after a loss must start: the oldest published row above the position Redis still holds.
-LOSS_SINCE: LiteralString = (
-    "SELECT min(published_at) FROM outbox_events WHERE status = 'published' AND publish_seq > %(after)s"
-)
-
 OPEN_BATCHES: LiteralString = "SELECT id, first_seq, event_ids FROM outbox_batches ORDER BY first_seq"
 
-# An interrupted batch's rows that are still pending, with their original positions. Counts the
-# interruption against each row (a row that keeps killing relays ends up 'failed').
+# An interrupted batch's rows that are still pending, with their original positions. A batch some relay
+# had taken in hand (attempts >= 1 before this statement: a claim writes 1, a split writes 0) and that is
+# not this process's own (%(blame)s) went down with that relay: the interruption is counted against each
+# of its pending rows, and the last column says so (`blamed`). The relay then splits a blamed batch
+# (SPLIT_BATCH) until a row that keeps killing relays is alone, and only a row alone is ever marked
+# 'failed', so the poison-pill count blames that row, not the rows that shared its batch.
 RECOVER_BATCH: LiteralString = (
     """
-WITH b AS (UPDATE outbox_batches SET attempts = attempts + 1 WHERE id = %(batch)s RETURNING first_seq, event_ids),
+WITH b AS (
+    UPDATE outbox_batches SET attempts = attempts + 1 WHERE id = %(batch)s
+    RETURNING first_seq, event_ids, (attempts > 1 AND %(blame)s) AS blamed
+),
 u AS (SELECT x.id, b.first_seq + x.ord - 1 AS seq FROM b, unnest(b.event_ids) WITH ORDINALITY AS x(id, ord)),
 bumped AS (
     UPDATE outbox_events e SET attempts = e.attempts + 1
-    FROM u WHERE e.id = u.id AND e.status = 'pending'
+    FROM u, b WHERE b.blamed AND e.id = u.id AND e.status = 'pending'
     RETURNING e.id
 )
 SELECT %(batch)s, u.seq, """
-    + _COLUMNS.replace("e.attempts", "e.attempts + 1")  # the CTE's increment is not visible here
-    + """
-FROM u JOIN outbox_events e ON e.id = u.id
+    + _COLUMNS.replace("e.attempts", "e.attempts + b.blamed::int")  # the CTE's increment is not visible here
+    + """, b.blamed
+FROM u JOIN outbox_events e ON e.id = u.id CROSS JOIN b
 WHERE e.status = 'pending'
 ORDER BY u.seq
 """
 )
+
+# Replace one open batch by consecutive smaller ones that keep every position: the first starts at the
+# old first_seq, the others at %(starts)s (ascending). They are written with attempts 0 (no relay has
+# them in hand yet), so only the one a relay dies with is blamed when it is recovered.
+SPLIT_BATCH: LiteralString = """
+WITH old AS (DELETE FROM outbox_batches WHERE id = %(batch)s RETURNING epoch, first_seq, event_ids),
+cut AS (
+    SELECT c.s, lead(c.s) OVER (ORDER BY c.s) AS e
+    FROM old, unnest(array[old.first_seq] || %(starts)s::bigint[]) AS c(s)
+)
+INSERT INTO outbox_batches (epoch, first_seq, event_ids, attempts)
+SELECT old.epoch, cut.s,
+       old.event_ids[cut.s - old.first_seq + 1 : coalesce(cut.e, old.first_seq + cardinality(old.event_ids))
+                                                  - old.first_seq],
+       0
+FROM old, cut
+ORDER BY cut.s
+"""
 
 CLOSE_BATCH: LiteralString = "DELETE FROM outbox_batches WHERE id = %s"
 

@@ -14,11 +14,12 @@ from tests.conftest import relay_thread, stream_entries, wait_for
 def test_record_then_relay_publishes_wire_format(settings, rds, stream, db_url):
     user = str(uuid.uuid4())
     ticket = str(uuid.uuid4())
+    execution = str(uuid.uuid4())  # the platform's reader takes a UUID or nothing
     with psycopg.connect(db_url) as conn:
         eid = outbox.record(
             conn, "TICKET_STATUS_CHANGED",
             {"ticketId": ticket, "previousStatusId": "open", "newStatusId": "closed"},
-            tenant_id="tenant-a", actor=user, correlation="corr-1", execution_id="exec-1",
+            tenant_id="tenant-a", actor=user, correlation="corr-1", execution_id=execution,
             from_state="open", to_state="closed", event_name="ticket.closed",
         )  # fmt: skip
         conn.commit()
@@ -31,7 +32,7 @@ def test_record_then_relay_publishes_wire_format(settings, rds, stream, db_url):
         "from_state", "to_state", "payload_json", "workflow_correlation_key",
     }  # fmt: skip
     assert f["event_id"] == str(eid)
-    assert f["execution_id"] == "exec-1"
+    assert f["execution_id"] == execution
     assert f["event_name"] == "ticket.closed"
     assert f["event_type"] == "TICKET_STATUS_CHANGED"
     assert f["tenant"] == "tenant-a"
