@@ -94,6 +94,18 @@ class InvalidArgument(RecordError):
     """An argument of ``record`` other than the payload is malformed (event id, aggregate, actor...)."""
 
 
+class UnrepresentableValue(InvalidArgument):
+    """A value Postgres, JSON or the stream cannot carry (U+0000, a lone surrogate, NaN, a huge integer...)."""
+
+
+class NestingTooDeep(InvalidArgument):
+    """The payload nests objects/arrays deeper than the limit (``outbox.configure(max_depth=...)``)."""
+
+    def __init__(self, event_type: str, field: str, limit: int) -> None:
+        self.limit = limit
+        super().__init__(event_type, field, f"nested deeper than {limit} levels (outbox.configure(max_depth=...))")
+
+
 class DuplicateEvent(OutboxError):
     """An event with this event id was already recorded."""
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from outbox.envelope import is_iso_datetime
-from outbox.errors import OutboxError
+from outbox.errors import OutboxError, PayloadTooLarge
 
 FIELDS = (
     "event_id",
@@ -81,10 +82,51 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 
 
 def user_id_of(payload: Any) -> str:
-    """``actorUserId``, else ``userId``, else ``""`` from a validated payload model or a dict."""
+    """The wire ``user_id``: ``actorUserId``, else ``userId``, whichever first holds a UUID; else ``""``.
+
+    The platform's reader accepts a UUID or nothing, so free text (``CUSTOM_EVENT``'s loose ``userId``, an
+    undeclared key) never reaches the envelope; it stays in ``payload_json``.
+    """
     get = payload.get if isinstance(payload, dict) else (lambda k: getattr(payload, k, None))
-    value = get("actorUserId") or get("userId")
-    return str(value) if value else ""
+    for key in ("actorUserId", "userId"):
+        value = get(key)
+        if isinstance(value, str) and _UUID.fullmatch(value):
+            return value
+    return ""
+
+
+# ---- the size rule ---------------------------------------------------------------------------------
+# One rule for ``record`` and the relay: a payload's size is the UTF-8 length of its ``payload_json`` on
+# the wire, which is Postgres' text rendering of the stored jsonb (``payload::text``). That rendering is
+# not compact JSON: ", " and ": " separators, numbers written out in full as numeric prints them (1e300
+# is 301 digits). ``record`` predicts it exactly (``jsonb_number_extra``); the relay measures it.
+
+
+def check_payload_size(event_type: str, size: int, limit: int) -> None:
+    """Raise ``PayloadTooLarge`` when ``size`` (UTF-8 bytes of the wire ``payload_json``) is over ``limit``."""
+    if size > limit:
+        raise PayloadTooLarge(event_type, size, limit)
+
+
+def check_payload_json(event_type: str, payload_json: str, limit: int) -> None:
+    """The relay's side of the size rule, on the ``payload_json`` it is about to publish."""
+    if len(payload_json) * 4 > limit:  # at most 4 bytes per character: encode only when it may matter
+        check_payload_size(event_type, len(payload_json.encode()), limit)
+
+
+def jsonb_number_extra(number_json: str) -> int:
+    """How many more characters jsonb's text gives the JSON number ``number_json`` (may be negative).
+
+    jsonb keeps numbers as ``numeric``, printed without an exponent (``1e+300`` -> 1 and 300 zeros,
+    ``1.5e-07`` -> ``0.00000015``) and without the sign of a zero (``-0.0`` -> ``0.0``).
+    """
+    if "e" not in number_json and "E" not in number_json and not number_json.startswith("-0"):
+        return 0
+    value = Decimal(number_json)
+    text = format(value, "f")
+    if not value and text.startswith("-"):
+        text = text[1:]
+    return len(text) - len(number_json)
 
 
 def values(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import uuid
 from collections.abc import Generator, Mapping, Sequence
@@ -16,19 +17,19 @@ from typing import TYPE_CHECKING, Any, Literal, LiteralString
 import uuid_utils.compat as uuid_utils
 from pydantic import BaseModel
 
-from outbox import schemas, sql
+from outbox import schemas, sql, wire
 from outbox.errors import (
     DuplicateEvent,
     FieldError,
     InvalidArgument,
+    NestingTooDeep,
     NonUtcTimestamp,
     NotInTransaction,
-    PayloadTooLarge,
     RecordError,
     TenantMismatch,
+    UnrepresentableValue,
     UnsupportedConnection,
 )
-from outbox.wire import iso_utc
 
 if TYPE_CHECKING:
     import psycopg
@@ -38,15 +39,25 @@ if TYPE_CHECKING:
 
 ActorType = Literal["USER", "CONTACT", "SYSTEM"]
 DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
-_limits = {"max_payload_bytes": DEFAULT_MAX_PAYLOAD_BYTES}
+DEFAULT_MAX_DEPTH = 64
+# The contract validator (pydantic-core's JSON parser) stops at 200 levels; stay well below it.
+MAX_DEPTH_LIMIT = 128
+# Text arguments (tenant, aggregate, states, names, correlation): long enough for any key, short enough
+# for a btree index entry on the reader's side (Postgres refuses index rows over ~2.7 kB).
+MAX_TEXT_BYTES = 1024
+_limits = {"max_payload_bytes": DEFAULT_MAX_PAYLOAD_BYTES, "max_depth": DEFAULT_MAX_DEPTH}
 
 
-def configure(*, max_payload_bytes: int | None = None) -> None:
-    """Set process-wide write-side limits (default payload limit: 256 KiB)."""
+def configure(*, max_payload_bytes: int | None = None, max_depth: int | None = None) -> None:
+    """Set process-wide write-side limits (payload: 256 KiB of wire JSON; nesting: 64 levels)."""
+    if max_payload_bytes is not None and max_payload_bytes <= 0:
+        raise ValueError("max_payload_bytes must be positive")
+    if max_depth is not None and not 1 <= max_depth <= MAX_DEPTH_LIMIT:
+        raise ValueError(f"max_depth must be between 1 and {MAX_DEPTH_LIMIT}")
     if max_payload_bytes is not None:
-        if max_payload_bytes <= 0:
-            raise ValueError("max_payload_bytes must be positive")
         _limits["max_payload_bytes"] = max_payload_bytes
+    if max_depth is not None:
+        _limits["max_depth"] = max_depth
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,15 +92,9 @@ class Event:
     occurred_at: datetime | None = None
 
 
-class _NonUtc(Exception):
-    pass
-
-
 def _json_default(o: Any) -> Any:
+    """What the encoder writes for a non-JSON value (``_inspect`` has already refused the bad ones)."""
     if isinstance(o, datetime):
-        off = o.utcoffset()
-        if off is None or off != timedelta(0):
-            raise _NonUtc(o)
         return o.replace(tzinfo=None).isoformat() + "Z"
     if isinstance(o, uuid.UUID | Decimal):
         return str(o)
@@ -105,30 +110,95 @@ def _json_default(o: Any) -> Any:
 # Built once: json.dumps with any non-default option constructs a new encoder on every call.
 _ENCODER = json.JSONEncoder(default=_json_default, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
-
-def _is_bad(value: Any) -> bool:
-    if isinstance(value, datetime):
-        off = value.utcoffset()
-        return off is None or off != timedelta(0)
-    return False
+# numeric (jsonb's number type) holds at most 131072 digits before the decimal point
+_MAX_INT_DIGITS = 131072
+_Path = tuple[Any, Any] | None  # (parent path, key): built per container, turned into text only on error
 
 
-def _find(value: Any, bad: Any, path: str = "") -> str | None:
-    """Dot path of the first value for which ``bad(value)`` holds, or None."""
-    if bad(value):
-        return path
-    items: Any = (
-        value.items() if isinstance(value, Mapping) else (enumerate(value) if isinstance(value, list | tuple) else ())
-    )
-    for k, v in items:
-        found = _find(v, bad, f"{path}.{k}" if path else str(k))
-        if found is not None:
-            return found
+def _show(key: Any) -> str:
+    text = str(key)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def _path(where: _Path) -> str:
+    keys: list[str] = []
+    while where is not None:
+        where, key = where
+        keys.append(_show(key))
+    return ".".join(reversed(keys))
+
+
+def _bad_text(value: str) -> str | None:
+    """Why Postgres or the stream cannot carry ``value``, or None."""
+    if "\x00" in value:
+        return "contains U+0000 (NUL), which Postgres cannot store"
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return "contains a lone surrogate (not valid UTF-8)"
     return None
 
 
-def _has_nul(value: Any) -> bool:
-    return isinstance(value, str) and "\x00" in value
+def _inspect(event_type: str, ref: str, data: dict[str, Any], max_depth: int) -> int:
+    """Refuse what Postgres, JSON or the wire cannot carry, naming its dot path; return how many more bytes
+    jsonb's text has than the compact encoding (separators, numbers written out). Iterative: no recursion."""
+    extra = 0
+    stack: list[tuple[Any, int, _Path]] = [(data, 1, None)]
+    while stack:
+        container, depth, where = stack.pop()
+        if isinstance(container, dict):
+            items: Any = container.items()
+            extra += 2 * len(container) - 1 if container else 0  # ": " per key, ", " between entries
+        else:
+            items = enumerate(container)
+            extra += len(container) - 1 if container else 0
+        for key, value in items:
+            here = (where, key)
+            if isinstance(container, dict):
+                if not isinstance(key, str):
+                    raise UnrepresentableValue(event_type, _path(here), f"object keys must be strings, got {key!r}")
+                if why := _bad_text(key):
+                    raise UnrepresentableValue(event_type, _path(here), "key " + why)
+            while True:  # Enum and model values are inspected as what they are written as
+                if isinstance(value, str):
+                    if why := _bad_text(value):
+                        raise UnrepresentableValue(event_type, _path(here), why)
+                elif isinstance(value, bool) or value is None:
+                    pass
+                elif isinstance(value, int):
+                    if value.bit_length() > 64:
+                        try:
+                            digits = len(int.__repr__(value))
+                        except ValueError:  # over sys.get_int_max_str_digits()
+                            digits = _MAX_INT_DIGITS + 1
+                        if digits > _MAX_INT_DIGITS:
+                            raise UnrepresentableValue(event_type, _path(here), "integer too large for JSON")
+                elif isinstance(value, float):
+                    if not math.isfinite(value):
+                        raise UnrepresentableValue(event_type, _path(here), f"{value} is not representable in JSON")
+                    extra += wire.jsonb_number_extra(float.__repr__(value))
+                elif isinstance(value, dict | list | tuple):
+                    if depth >= max_depth:
+                        raise NestingTooDeep(event_type, _path(here), max_depth)
+                    stack.append((value, depth + 1, here))
+                elif isinstance(value, datetime):
+                    off = value.utcoffset()
+                    if off is None or off != timedelta(0):
+                        raise NonUtcTimestamp(
+                            event_type, ref, [FieldError(_path(here), "datetime must be timezone-aware UTC")]
+                        )
+                elif isinstance(value, Enum | BaseModel):
+                    value = _json_default(value)
+                    continue
+                elif not isinstance(value, uuid.UUID | Decimal | date):
+                    raise InvalidArgument(
+                        event_type,
+                        _path(here),
+                        f"not JSON-serialisable: {type(value).__name__} is not JSON serializable",
+                    )
+                break
+    return extra
 
 
 @cache
@@ -144,11 +214,25 @@ def _declared(event_type: str) -> frozenset[str]:
 def _text(event_type: str, name: str, value: Any) -> str | None:
     if value is None:
         return None
-    if isinstance(value, str | uuid.UUID | int):
+    if isinstance(value, str | uuid.UUID | int) and not isinstance(value, bool):
         s = str(value)
         if s:
+            if why := _bad_text(s):
+                raise UnrepresentableValue(event_type, name, why)
+            if len(s) * 4 > MAX_TEXT_BYTES and len(s.encode()) > MAX_TEXT_BYTES:
+                raise InvalidArgument(event_type, name, f"longer than {MAX_TEXT_BYTES} bytes (UTF-8)")
             return s
     raise InvalidArgument(event_type, name, f"must be a non-empty string, got {value!r}")
+
+
+def _uuid_text(event_type: str, name: str, value: Any) -> str | None:
+    """A UUID argument in canonical form (the platform's reader accepts a UUID or nothing)."""
+    if value is None or isinstance(value, uuid.UUID):
+        return None if value is None else str(value)
+    try:
+        return str(uuid.UUID(value)) if isinstance(value, str) else str(uuid.UUID(str(_text(event_type, name, value))))
+    except ValueError:
+        raise InvalidArgument(event_type, name, f"must be a UUID, got {value!r}") from None
 
 
 def _event_id(event_type: str, value: uuid.UUID | str | None) -> uuid.UUID:
@@ -227,35 +311,26 @@ def prepare(
             raise NonUtcTimestamp(event_type, entry.ref, [FieldError("occurred_at", "must be timezone-aware UTC")])
     # occurred_at only fills a missing occurredAt; the payload's own value wins
     if ("occurredAt" in declared or "occurredAt" in data) and data.get("occurredAt") is None:
-        data["occurredAt"] = iso_utc(occurred_at or datetime.now(UTC))
+        data["occurredAt"] = wire.iso_utc(occurred_at or datetime.now(UTC))
     _fill_actor(event_type, data, actor)
 
+    # Everything Postgres, JSON or the wire cannot carry is refused here, before the encoder and the
+    # INSERT see it: a NUL or lone surrogate reaching Postgres would abort the caller's transaction.
+    extra = _inspect(event_type, entry.ref, data, _limits["max_depth"])
     try:
         text = _ENCODER.encode(data)
-    except _NonUtc:
-        path = _find(data, _is_bad) or ""
-        raise NonUtcTimestamp(
-            event_type, entry.ref, [FieldError(path, "datetime must be timezone-aware UTC")]
-        ) from None
-    except ValueError as exc:  # NaN / Infinity: JSON (and jsonb) cannot carry them
-        where = _find(data, lambda v: (isinstance(v, float) and v != v) or v in (float("inf"), float("-inf")))
-        raise InvalidArgument(event_type, where or "payload", f"not representable in JSON: {exc}") from None
-    except TypeError as exc:
+    except (ValueError, TypeError, RecursionError) as exc:  # a value _inspect does not know changed under it
         raise InvalidArgument(event_type, "payload", f"not JSON-serialisable: {exc}") from None
-    if "\\u0000" in text:  # jsonb cannot store U+0000 (json.dumps escapes it as \u0000)
-        where = _find(data, _has_nul) or ("<key>" if any(_has_nul(k) for k in data) else None)
-        if where is not None:
-            raise InvalidArgument(event_type, where, "contains U+0000 (NUL), which Postgres jsonb cannot store")
     limit = _limits["max_payload_bytes"]
-    if len(text) * 4 > limit:
-        size = len(text.encode())
-        if size > limit:
-            raise PayloadTooLarge(event_type, size, limit)
+    if (len(text) + extra) * 4 > limit:  # the size rule (outbox.wire): bytes of jsonb's text on the wire
+        wire.check_payload_size(event_type, len(text.encode()) + extra, limit)
 
     model = schemas.registry.validate_json(event_type, text)  # PayloadValidationError
     tenant_final = str(getattr(model, "tenantId", "") or "")
     if not tenant_final:
         raise RecordError(event_type, "tenantId", "required field is missing")
+    if tenant is None:
+        _text(event_type, "tenantId", tenant_final)  # the payload's tenant obeys the argument's rules
     occurred = getattr(model, "occurredAt", None)
     if occurred:
         occurred_ts: datetime = datetime.fromisoformat(occurred[:-1] + "+00:00")
@@ -269,7 +344,7 @@ def prepare(
         text,
         occurred_ts,
         _text(event_type, "aggregate", aggregate),
-        _text(event_type, "execution_id", execution_id),
+        _uuid_text(event_type, "execution_id", execution_id),
         _text(event_type, "event_name", event_name),
         _text(event_type, "from_state", from_state),
         _text(event_type, "to_state", to_state),

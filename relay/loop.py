@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 
 from outbox import envelope, schemas, wire
-from outbox.errors import BrokerError, OutboxError, PayloadTooLarge, TenantMismatch
+from outbox.errors import BrokerError, OutboxError, TenantMismatch
 from outbox.liveness import Liveness
 from outbox.ops import missing_tables
 from outbox.relay import metrics, sql
@@ -541,9 +541,7 @@ class Relay:
         tenant = str(getattr(model, "tenantId", "") or "")
         if tenant != r.tenant_id:
             raise TenantMismatch(r.event_type, tenant, r.tenant_id)
-        size = len(r.payload.encode()) if len(r.payload) * 4 > self.settings.max_payload_bytes else 0
-        if size > self.settings.max_payload_bytes:
-            raise PayloadTooLarge(r.event_type, size, self.settings.max_payload_bytes)
+        wire.check_payload_json(r.event_type, r.payload, self.settings.max_payload_bytes)  # same rule as record
         values = wire.values(
             event_id=r.event_id,
             event_type=r.event_type,
