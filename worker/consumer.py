@@ -15,7 +15,9 @@ per transaction, so a poison entry holds up nobody else. A failed entry stays pe
 (XAUTOCLAIM) after ``claim_idle`` seconds, by this worker or another, and after ``max_deliveries``
 failed deliveries it is copied to the dead-letter stream with the reason and acknowledged. Database or
 Redis outages are not the entries' fault: the batch in hand is retried with backoff and no delivery is
-charged to it. Entries left pending by a dead consumer are claimed after the same idle time.
+charged to it. Entries left pending by a dead consumer are claimed after the same idle time. When the group
+is gone (the stream deleted, perhaps recreated by a publish: UNBLOCKED, NOGROUP), the worker creates it
+again at the new stream's first entry and logs one line; duplicates are skipped by event id as always.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class WorkerStats:
     batches: int = 0
     db_errors: int = 0
     redis_errors: int = 0
+    groups_recreated: int = 0
     dead_letter_reasons: list[str] = field(default_factory=list)
 
 
@@ -131,6 +134,17 @@ def _decode(stream_id: str, fields: dict[Any, Any]) -> wire.WireEvent:
 assert [f.name for f in dataclasses.fields(wire.WireEvent)] == ["stream_id", *wire.FIELDS]
 
 
+def client_name(consumer: str) -> str:
+    """The Redis client name of a worker (CLIENT LIST shows it): ``outbox-worker:<consumer>``, spaces replaced."""
+    return "outbox-worker:" + "".join(c if c.isprintable() and not c.isspace() else "_" for c in consumer)
+
+
+def group_lost(exc: BaseException) -> bool:
+    """Whether a Redis error says the consumer group is gone: NOGROUP (the group destroyed, or the stream deleted
+    and perhaps recreated by a publish), or UNBLOCKED (Redis 7: the stream deleted under a blocked XREADGROUP)."""
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED"))
+
+
 def entry_fault(exc: BaseException) -> bool:
     """Whether a database error is caused by an entry's data (retrying the same data cannot help)."""
     if isinstance(exc, psycopg.DataError | psycopg.IntegrityError):
@@ -170,6 +184,7 @@ class Worker:
         self._next_claim = 0.0
         self._db_failures = 0
         self._redis_failures = 0
+        self._group_losses = 0  # consecutive, for the backoff
         self._scan_deleted = False
         self._pause = settings.pause()
         self._gc = self._r().register_script(_GC_CONSUMERS_LUA)
@@ -236,6 +251,7 @@ class Worker:
                 socket_connect_timeout=3,
                 health_check_interval=30,
                 decode_responses=True,
+                client_name=client_name(self.consumer),
             )
         return self._redis
 
@@ -253,10 +269,8 @@ class Worker:
             try:
                 value = fn()
             except redis.ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    log.warning("consumer group %s is gone (%s); creating it again", self.settings.group, exc)
-                    with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
-                        self._ensure_group()
+                if group_lost(exc):
+                    self._recreate_group(exc)
                     continue
                 if not transient_reply(exc):
                     raise
@@ -267,6 +281,7 @@ class Worker:
                 if self._redis_failures:
                     log.warning("redis available again")
                     self._redis_failures = 0
+                self._group_losses = 0
                 return value
 
     def _redis_trouble(self, exc: redis.RedisError) -> None:
@@ -283,12 +298,36 @@ class Worker:
 
     def _ensure_group(self) -> None:
         s = self.settings
-        try:
-            self._r().xgroup_create(s.stream, s.group, id=s.start_id, mkstream=True)
+        if self._create_group(s.start_id):
             log.info("created consumer group %s on %s at %s", s.group, s.stream, s.start_id)
+
+    def _create_group(self, start: str) -> bool:
+        """XGROUP CREATE ... MKSTREAM at ``start``; False when the group exists already."""
+        s = self.settings
+        try:
+            self._r().xgroup_create(s.stream, s.group, id=start, mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+            return False
+        return True
+
+    def _recreate_group(self, exc: redis.ResponseError) -> None:
+        """The group is gone (the stream deleted, or the group destroyed): create it again at id 0, whatever
+        ``start_id`` says. Every entry of a recreated stream came after the loss, and re-reading entries of a
+        stream that survived is harmless: events already ingested are recognised by id and skipped."""
+        s = self.settings
+        self._group_losses += 1
+        if self._group_losses > 1:  # lost again before any command succeeded: do not spin on it
+            self._backoff(self._group_losses - 1)
+        self._claim_cursor = "0-0"
+        with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):  # an outage: the retry reports it
+            if self._create_group("0"):
+                self.stats.groups_recreated += 1
+                log.warning(
+                    "consumer group %s on %s lost (%s); created it again from the stream's first entry, events "
+                    "already ingested are skipped", s.group, s.stream, str(exc).strip(),
+                )  # fmt: skip
 
     def _gc_consumers(self, min_idle_ms: int, only: str) -> list[str]:
         gone = [_s(n) for n in self._gc(keys=[self.settings.stream], args=[self.settings.group, min_idle_ms, only])]
