@@ -24,7 +24,7 @@ import pytest
 import redis
 from pytest_postgresql.janitor import DatabaseJanitor
 
-from outbox import migrate
+from outbox import envelope, migrate
 from outbox.embedded import PostgresServer, RedisServer
 from outbox.relay import Relay
 from outbox.settings import Settings, load_settings
@@ -100,10 +100,103 @@ def db_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
         c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# ---- envelope conformance ------------------------------------------------------------------------
+# Every entry on a test's stream must pass the platform reader's envelope rules (outbox/envelope.py): the
+# stream of the ``stream`` fixture and every stream given to ``make_settings`` are read (XRANGE) before
+# they go away, on the shared Redis when the ``rds`` fixture cleans up (or at the end of the test), on a
+# server the test started itself when it is closed. A test that writes entries the reader rejects straight
+# to Redis on purpose says so with ``@pytest.mark.raw_stream_entries`` (nothing is skipped silently).
+RAW_ENTRIES = "raw_stream_entries"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{RAW_ENTRIES}: the test XADDs entries the platform's reader rejects on purpose; its streams are not "
+        "checked against the envelope rules",
+    )
+
+
+def envelope_violations(url: str, stream: str) -> list[str]:
+    """Every entry of ``stream`` on ``url`` that breaks an envelope rule, as ``<entry id>: <rule>`` lines.
+    A server that cannot be read (stopped, frozen, gone) yields nothing."""
+    bad: list[str] = []
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        if client.type(stream) != b"stream":
+            return bad
+        lower = "-"
+        while True:
+            page = client.xrange(stream, min=lower, count=1000)
+            for sid, fields in page:
+                entry = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in fields.items()}
+                err = envelope.violation(entry)
+                if err is not None:
+                    bad.append(f"{sid.decode()}: {err}")
+            if len(page) < 1000:
+                return bad
+            lower = "(" + page[-1][0].decode()
+    except redis.RedisError:
+        return bad
+    finally:
+        client.close()
+
+
+class _Conformance:
+    """The running test's streams and Redis servers, and the violations found so far."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the previous test."""
+        self.streams: set[str] = set()
+        self.urls: set[str] = set()
+        self.violations: list[str] = []
+
+    def check(self, url: str) -> None:
+        """Read the test's streams on ``url`` now (before the server or the keys go away)."""
+        self.urls.discard(url)
+        for name in sorted(self.streams):
+            self.violations += [f"{name} on {url}: {v}" for v in envelope_violations(url, name)]
+
+
+_conformance = _Conformance()
+_redis_close = RedisServer.close
+
+
+def _close_after_checking(self: RedisServer) -> None:
+    """``RedisServer.close`` for tests: the test's streams on this server are checked first (never raises)."""
+    if self.proc is not None and self.proc.poll() is None:
+        _conformance.check(self.url)
+    _redis_close(self)
+
+
+RedisServer.close = _close_after_checking  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def _envelope_conformance(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test: every entry on its streams passed the reader's envelope rules."""
+    _conformance.reset()
+    yield
+    for url in sorted(_conformance.urls):
+        _conformance.check(url)
+    found, _conformance.violations = _conformance.violations, []
+    if found and request.node.get_closest_marker(RAW_ENTRIES) is None:
+        pytest.fail(
+            f"{len(found)} stream entr{'y' if len(found) == 1 else 'ies'} the platform's reader would reject "
+            "(outbox/envelope.py):\n  " + "\n  ".join(found[:20]),
+            pytrace=False,
+        )
+
+
 @pytest.fixture
 def stream() -> str:
-    """A stream key private to this test."""
-    return f"test:{uuid.uuid4().hex[:12]}:workflow:events:global"
+    """A stream key private to this test (its entries are checked against the envelope rules)."""
+    name = f"test:{uuid.uuid4().hex[:12]}:workflow:events:global"
+    _conformance.streams.add(name)
+    return name
 
 
 @pytest.fixture
@@ -116,7 +209,9 @@ def redis_url(redis_base_url: str) -> str:
 def rds(redis_url: str, stream: str) -> Iterator[redis.Redis]:
     """A Redis client; every key this test made under its stream name is deleted afterwards."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
+    _conformance.urls.add(redis_url)
     yield client
+    _conformance.check(redis_url)  # before the keys are deleted
     for key in client.scan_iter(match=f"*{stream}*", count=1000):
         client.delete(key)
     client.close()
@@ -136,6 +231,8 @@ def make_settings(db_url: str, redis_url: str, stream: str, **kw: Any) -> Settin
         "backoff_max": 0.5,
     }
     base.update(kw)
+    _conformance.streams.add(stream)
+    _conformance.urls.add(redis_url)
     return load_settings(**base)
 
 

@@ -313,6 +313,7 @@ def test_killed_worker_pending_entries_are_claimed_and_processed_once(ws, rds, s
 # ---- poison entries ------------------------------------------------------------------------------------
 
 
+@pytest.mark.raw_stream_entries  # XADDs entries the reader rejects, on purpose
 def test_poison_entries_go_to_the_dlq_after_n_deliveries_others_proceed(db_url, redis_url, stream, rds):
     ws = wsettings(db_url, redis_url, stream, max_deliveries=3, claim_idle=1.0)
     trigger(db_url, "tenant-a", "flow")
@@ -506,6 +507,7 @@ def test_a_tenants_trigger_never_sees_another_tenants_events(ws, rds, stream, db
 # ---- schema failures and resolution ---------------------------------------------------------------------
 
 
+@pytest.mark.raw_stream_entries  # XADDs entries the reader rejects, on purpose
 def test_schema_invalid_payload_is_recorded_and_starts_no_run(ws, rds, stream, db_url):
     trigger(db_url, "tenant-a", "flow")
     missing = status_payload("tenant-a")
@@ -633,6 +635,7 @@ def test_sigterm_when_idle_exits_0_quickly(ws, rds, stream, tmp_path):
             proc.wait()
 
 
+@pytest.mark.raw_stream_entries  # XADDs entries the reader rejects, on purpose
 def test_status_json(ws, rds, stream, db_url, tmp_path):
     trigger(db_url, "tenant-a", "flow")
     trigger(db_url, "tenant-b", "flow")

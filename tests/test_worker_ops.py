@@ -328,6 +328,7 @@ def sample(reg: CollectorRegistry, name: str) -> float:
     return value
 
 
+@pytest.mark.raw_stream_entries  # XADDs entries the reader rejects, on purpose
 def test_metrics_count_what_the_worker_did(db_url, redis_url, stream, rds):
     """Counters on a private registry equal what the database and the DLQ show, after real entries."""
     ws = wsettings(db_url, redis_url, stream, max_deliveries=1)
