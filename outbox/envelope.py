@@ -19,7 +19,7 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 # ``datetime.fromisoformat`` (years 0001-9999, real month lengths).
 _ISO = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:\d{2})")
 
-# Field -> rule, as the reader words them.
+# Field -> rule, as the reader words them (checked in this order).
 RULES: dict[str, str] = {
     "event_id": "must be a UUID",
     "execution_id": "must be a UUID or empty",
@@ -63,27 +63,51 @@ def _is_json_object(value: str) -> bool:
         return False
 
 
-def violation(entry: Mapping[str, object], *, payload_is_object: bool = False) -> EnvelopeError | None:
-    """The first rule ``entry`` (field -> value) breaks, or ``None``. A missing or non-string field breaks
-    its rule. ``payload_is_object``: the caller has already parsed ``payload_json`` as a JSON object (the
-    relay, whose contract validation did), so it is not parsed again."""
-    for field, rule in RULES.items():
-        value = entry.get(field)
-        if not isinstance(value, str):
-            return EnvelopeError(field, rule, value)
-        if field == "event_id":
-            ok = is_uuid(value)
-        elif field in ("execution_id", "user_id"):
-            ok = value == "" or is_uuid(value)
-        elif field in ("tenant", "event_type"):
-            ok = value != ""
-        elif field == "timestamp":
-            ok = is_iso_datetime(value)
-        else:
-            ok = payload_is_object or _is_json_object(value)
-        if not ok:
-            return EnvelopeError(field, rule, value)
+def fields_violation(
+    *,
+    event_id: object,
+    execution_id: object,
+    user_id: object,
+    tenant: object,
+    event_type: object,
+    timestamp: object,
+    payload_json: object,
+    payload_is_object: bool = False,
+) -> EnvelopeError | None:
+    """The first rule these field values break, or ``None`` (``violation`` for values at hand, no mapping).
+    ``payload_is_object``: the caller has already parsed ``payload_json`` as a JSON object (the relay, whose
+    contract validation did), so it is not parsed again."""
+    if not (isinstance(event_id, str) and is_uuid(event_id)):
+        return EnvelopeError("event_id", RULES["event_id"], event_id)
+    if not (isinstance(execution_id, str) and (execution_id == "" or is_uuid(execution_id))):
+        return EnvelopeError("execution_id", RULES["execution_id"], execution_id)
+    if not (isinstance(user_id, str) and (user_id == "" or is_uuid(user_id))):
+        return EnvelopeError("user_id", RULES["user_id"], user_id)
+    if not (isinstance(tenant, str) and tenant):
+        return EnvelopeError("tenant", RULES["tenant"], tenant)
+    if not (isinstance(event_type, str) and event_type):
+        return EnvelopeError("event_type", RULES["event_type"], event_type)
+    if not (isinstance(timestamp, str) and is_iso_datetime(timestamp)):
+        return EnvelopeError("timestamp", RULES["timestamp"], timestamp)
+    if not (isinstance(payload_json, str) and (payload_is_object or _is_json_object(payload_json))):
+        return EnvelopeError("payload_json", RULES["payload_json"], payload_json)
     return None
+
+
+def violation(entry: Mapping[str, object], *, payload_is_object: bool = False) -> EnvelopeError | None:
+    """The first rule ``entry`` (field -> value, as on the stream) breaks, or ``None``. A missing or
+    non-string field breaks its rule."""
+    get = entry.get
+    return fields_violation(
+        event_id=get("event_id"),
+        execution_id=get("execution_id"),
+        user_id=get("user_id"),
+        tenant=get("tenant"),
+        event_type=get("event_type"),
+        timestamp=get("timestamp"),
+        payload_json=get("payload_json"),
+        payload_is_object=payload_is_object,
+    )
 
 
 def check(entry: Mapping[str, object], *, payload_is_object: bool = False) -> None:

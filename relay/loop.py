@@ -542,22 +542,28 @@ class Relay:
         if tenant != r.tenant_id:
             raise TenantMismatch(r.event_type, tenant, r.tenant_id)
         wire.check_payload_json(r.event_type, r.payload, self.settings.max_payload_bytes)  # same rule as record
-        values = wire.values(
+        timestamp = wire.timestamp(getattr(model, "occurredAt", None), column_ts)  # WireError
+        user_id = wire.user_id_of(model)
+        # The contract validation above parsed payload_json as a JSON object (every contract is an object).
+        err = envelope.fields_violation(
+            event_id=r.event_id, execution_id=r.execution_id or "", user_id=user_id, tenant=tenant,
+            event_type=r.event_type, timestamp=timestamp, payload_json=r.payload, payload_is_object=True,
+        )  # fmt: skip
+        if err is not None:
+            raise err
+        return wire.values(
             event_id=r.event_id,
             event_type=r.event_type,
             tenant=tenant,
-            timestamp=wire.timestamp(getattr(model, "occurredAt", None), column_ts),
+            timestamp=timestamp,
             payload_json=r.payload,
-            user_id=wire.user_id_of(model),
+            user_id=user_id,
             execution_id=r.execution_id,
             event_name=r.event_name,
             from_state=r.from_state,
             to_state=r.to_state,
             correlation_key=r.correlation_key,
         )
-        # The contract validation above parsed payload_json as a JSON object (every contract is an object).
-        envelope.check(dict(zip(wire.FIELDS, values, strict=True)), payload_is_object=True)
-        return values
 
     def _process(self, rows: list[_Row], hwm: int = 0, *, recovered: bool = False, blamed: bool = False) -> None:
         started = time.perf_counter()
