@@ -142,9 +142,6 @@ class Relay:
         # ids stay excluded, and recovery sends it again through the fence (which drops every event).
         self._mark_lock = threading.Lock()
         self._unmarked: dict[int, list[int]] = {}  # batch id -> row ids whose mark has not committed
-        # Open batches this process has taken in hand: when it recovers one of them itself (after a database
-        # error, a stop, a failed mark) no relay died with it, so its rows are not blamed (RECOVER_BATCH).
-        self._held: set[int] = set()
         self._mark_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-mark")
         self._mark_db: psycopg.Connection[Any] | None = None
         self._mark_fut: Future[None] | None = None
@@ -390,17 +387,12 @@ class Relay:
             with self._mark_lock:  # a mark that failed after its commit: the batch is closed after all
                 still_open = {int(b[0]) for b in batches}
                 self._unmarked = {k: v for k, v in self._unmarked.items() if k in still_open}
-                self._held &= still_open
             if batches:
                 batch_id = int(batches[0][0])
                 log.info("recovering interrupted batch %s (%d open)", batch_id, len(batches))
-                with self._mark_lock:
-                    blame = batch_id not in self._held
                 with db.pipeline():
-                    cur = db.execute(sql.RECOVER_BATCH, {"batch": batch_id, "blame": blame})
+                    cur = db.execute(sql.RECOVER_BATCH, {"batch": batch_id, "epoch": self.epoch})
                     db.commit()
-                with self._mark_lock:
-                    self._held.add(batch_id)
                 fetched = cur.fetchall()
                 rows = [_Row(*r[:-1]) for r in fetched]
                 if not rows:  # nothing of it left pending: just close it
@@ -425,8 +417,6 @@ class Relay:
         self._db_failures = 0
         if rows:
             self._renewed_at = time.monotonic()
-            with self._mark_lock:
-                self._held.add(rows[0].batch)
         return rows
 
     def _claim_ahead(self, exclude: list[int]) -> list[_Row]:
@@ -513,7 +503,6 @@ class Relay:
         self._write_mark(db, mark)
         with self._mark_lock:
             self._unmarked.pop(mark.batch, None)
-            self._held.discard(mark.batch)
 
     def _mark_async(self, mark: _Mark) -> None:
         """(Marker thread, own connection.) Write one mark."""
@@ -532,7 +521,6 @@ class Relay:
             raise
         with self._mark_lock:
             self._unmarked.pop(mark.batch, None)
-            self._held.discard(mark.batch)
 
     def _encode(self, r: _Row) -> list[str]:
         """The entry of one row, checked by the reader's envelope rules; raises whatever is wrong with it."""
@@ -640,10 +628,8 @@ class Relay:
             return False
         parts = min(_SPLIT_INTO, len(unsent))
         starts = [unsent[i * len(unsent) // parts].seq for i in range(1, parts)]
-        db.execute(sql.SPLIT_BATCH, {"batch": rows[0].batch, "starts": starts})
+        db.execute(sql.SPLIT_BATCH, {"batch": rows[0].batch, "starts": starts, "epoch": self.epoch})
         db.commit()
-        with self._mark_lock:
-            self._held.discard(rows[0].batch)
         log.warning(
             "batch %s was in flight when a relay died; its %d unsent event(s) are retried in %d smaller batches "
             "so that an event that kills relays is isolated", rows[0].batch, len(unsent), parts,

@@ -89,17 +89,19 @@ ORDER BY p.id
 
 OPEN_BATCHES: LiteralString = "SELECT id, first_seq, event_ids FROM outbox_batches ORDER BY first_seq"
 
-# An interrupted batch's rows that are still pending, with their original positions. A batch some relay
-# had taken in hand (attempts >= 1 before this statement: a claim writes 1, a split writes 0) and that is
-# not this process's own (%(blame)s) went down with that relay: the interruption is counted against each
-# of its pending rows, and the last column says so (`blamed`). The relay then splits a blamed batch
-# (SPLIT_BATCH) until a row that keeps killing relays is alone, and only a row alone is ever marked
-# 'failed', so the poison-pill count blames that row, not the rows that shared its batch.
+# An interrupted batch's rows that are still pending, with their original positions. A batch that some
+# relay had taken in hand (attempts >= 1 before this statement: a claim writes 1, a split writes 0) under
+# another leader term than ours (epoch: only one process ever holds an epoch, so a batch of our own epoch
+# is one we took back ourselves after a database error or a failed mark) went down with that relay: the
+# interruption is counted against each of its pending rows, and the last column says so (`blamed`).
+# The relay then splits a blamed batch (SPLIT_BATCH) until a row that keeps killing relays is alone, and
+# only a row alone is ever marked 'failed', so the poison-pill count blames that row, not the rows that
+# shared its batch.
 RECOVER_BATCH: LiteralString = (
     """
 WITH b AS (
     UPDATE outbox_batches SET attempts = attempts + 1 WHERE id = %(batch)s
-    RETURNING first_seq, event_ids, (attempts > 1 AND %(blame)s) AS blamed
+    RETURNING first_seq, event_ids, (attempts > 1 AND epoch <> %(epoch)s) AS blamed
 ),
 u AS (SELECT x.id, b.first_seq + x.ord - 1 AS seq FROM b, unnest(b.event_ids) WITH ORDINALITY AS x(id, ord)),
 bumped AS (
@@ -118,7 +120,8 @@ ORDER BY u.seq
 
 # Replace one open batch by consecutive smaller ones that keep every position: the first starts at the
 # old first_seq, the others at %(starts)s (ascending). They are written with attempts 0 (no relay has
-# them in hand yet), so only the one a relay dies with is blamed when it is recovered.
+# them in hand yet), so only the one a relay dies with is blamed when it is recovered, and with the
+# splitting leader's epoch (its own, should it take one back itself).
 SPLIT_BATCH: LiteralString = """
 WITH old AS (DELETE FROM outbox_batches WHERE id = %(batch)s RETURNING epoch, first_seq, event_ids),
 cut AS (
@@ -126,7 +129,7 @@ cut AS (
     FROM old, unnest(array[old.first_seq] || %(starts)s::bigint[]) AS c(s)
 )
 INSERT INTO outbox_batches (epoch, first_seq, event_ids, attempts)
-SELECT old.epoch, cut.s,
+SELECT %(epoch)s, cut.s,
        old.event_ids[cut.s - old.first_seq + 1 : coalesce(cut.e, old.first_seq + cardinality(old.event_ids))
                                                   - old.first_seq],
        0

@@ -22,7 +22,7 @@ import pytest
 
 import outbox
 from outbox.relay import Relay
-from tests.conftest import make_settings, relay_env, status_counts, stream_entries, wait_for
+from tests.conftest import make_settings, relay_env, relay_thread, status_counts, stream_entries, wait_for
 
 TENANT = "t1"
 EVENT_TYPE = "TICKET_STATUS_CHANGED"
@@ -263,3 +263,26 @@ def test_a_row_that_kills_relays_is_isolated_and_only_it_fails(db_url, redis_url
     # a kill per row.
     assert max_attempts < kills <= max_attempts + 6, kills
     print(f"\n[poison isolation] relay kills={kills} poison attempts={attempts}")
+
+
+def test_a_relay_recovering_its_own_batches_blames_no_row(db_url, redis_url, stream, rds, caplog):
+    """Batches a live relay takes back itself (its database connections were cut mid-batch) are not
+    evidence against their rows: no attempt is counted, nothing is split, nothing fails."""
+    settings = make_settings(db_url, redis_url, stream, batch_size=200)
+    ids = write_valid(db_url, 6000)
+    caplog.set_level("INFO", logger="outbox.relay")
+    with relay_thread(settings) as relay, psycopg.connect(db_url, autocommit=True) as admin:
+        for _ in range(3):
+            n = len(stream_entries(rds, stream))
+            wait_for(lambda n=n: len(stream_entries(rds, stream)) > n + 300, timeout=30, what="relay progress")
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND application_name LIKE 'outbox-relay%'"
+            )
+        wait_for(lambda: status_counts(db_url) == {"published": 6000}, timeout=60, what="outbox drained")
+        stats = relay.stats
+    assert stats.db_errors >= 1 and "recovering interrupted batch" in caplog.text, (stats, caplog.text[-2000:])
+    assert [f["event_id"] for _, f in stream_entries(rds, stream)] == ids
+    with psycopg.connect(db_url) as conn:
+        assert conn.execute("SELECT max(attempts) FROM outbox_events").fetchone() == (0,)
+    assert "smaller batches" not in caplog.text and stats.failed == 0
