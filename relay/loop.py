@@ -21,7 +21,16 @@ from outbox.errors import BrokerError, OutboxError, TenantMismatch
 from outbox.liveness import Liveness
 from outbox.ops import missing_tables
 from outbox.relay import metrics, sql
-from outbox.relay.publisher import Outgoing, Publisher, RedisStreamPublisher, fence_key
+from outbox.relay.guard import RISK_CODES, RedisGuard, Risk
+from outbox.relay.loss import Loss, LossWatch
+from outbox.relay.publisher import (
+    Outgoing,
+    Publisher,
+    RedisStreamPublisher,
+    client_from_url,
+    fence_key,
+    redis_server_settings,
+)
 from outbox.retry import backoff_delay
 from outbox.schemas.registry import Registry
 from outbox.settings import Settings
@@ -161,6 +170,14 @@ class Relay:
         self._broker_down_since: float | None = None
         # Process-runner hooks (systemd READY/WATCHDOG, health metric): alive() from this loop only.
         self.liveness = Liveness()
+        # Redis checks (relay/guard.py, relay/loss.py): at start and every redis_check_interval.
+        self._loss = LossWatch(self._report_loss)
+        self._guard: RedisGuard | None = None
+        self._check_client: Any = None
+        self._checked_at: float | None = None
+        self._check_failed_said = False
+        if settings.redis_url is not None:
+            self._guard = RedisGuard(self._redis_settings, strict=settings.redis_strict, on_risk=self._note_risk)
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -240,11 +257,16 @@ class Relay:
         if self._publisher is not None:
             self._publisher.close()
             self._publisher = None
+        if self._check_client is not None:
+            self._check_client.close()
+            self._check_client = None
 
     # ---- one iteration -----------------------------------------------------------------------------
 
     def _step(self, until_idle: bool) -> bool:
         self.liveness.alive()
+        if not self._check_redis():
+            return True  # strict mode: nothing happens before Redis' settings have been checked
         db = self._connect()
         if self._mark_fut is not None and self._mark_fut.done():
             self._await_mark()  # see a failed mark now, not only when the next batch is handed over
@@ -351,6 +373,11 @@ class Relay:
         hwm = self._with_broker(lambda p: p.high_water())
         db.execute(sql.SYNC_SEQ, {"hwm": hwm, "epoch": self.epoch})
         db.commit()
+        head = db.execute(sql.PUBLISHED_HEAD).fetchone()
+        db.rollback()
+        if head is not None:
+            self._loss.baseline(head[0], head[1])
+        self._probe_loss()
         self._recover = True
         self._idle = False
         return True
@@ -669,6 +696,7 @@ class Relay:
             except BrokerError as exc:
                 error = exc
             else:
+                self._loss.on_publish(result, [o.seq for o in out])
                 n = len(result.ids)
                 skipped = 0
                 for r, sid in zip(good[:n], result.ids, strict=True):
@@ -719,6 +747,71 @@ class Relay:
                 log.warning("broker available again after %.1fs", time.monotonic() - self._broker_down_since)
                 self._broker_down_since = None
             return value
+
+    # ---- Redis checks ------------------------------------------------------------------------------
+
+    def _redis_settings(self) -> dict[str, str]:
+        if self._check_client is None:
+            self._check_client = client_from_url(self.settings.require_redis())
+        return redis_server_settings(self._check_client)
+
+    @staticmethod
+    def _note_risk(risk: Risk) -> None:
+        metrics.REDIS_RISK.labels(risk.code).set(1)
+
+    def _check_redis(self) -> bool:
+        """At start and every ``redis_check_interval``: Redis' eviction/persistence settings (all relays) and
+        its data against what Postgres knows was published (the leader). False: wait (strict, unchecked)."""
+        guard = self._guard
+        now = time.monotonic()
+        verified = guard is None or guard.verified
+        interval = self.settings.redis_check_interval if verified else min(self.settings.redis_check_interval, 5.0)
+        if self._checked_at is not None and now - self._checked_at < interval:
+            return True
+        self._checked_at = now
+        if guard is not None:
+            try:
+                for code in RISK_CODES - {r.code for r in guard.check()}:
+                    metrics.REDIS_RISK.labels(code).set(0)
+            except BrokerError as exc:
+                if not self._check_failed_said:
+                    self._check_failed_said = True
+                    log.warning("could not check Redis' settings yet (%s); checking again", exc)
+                if guard.strict and not guard.verified:
+                    self._checked_at = None
+                    self._backoff_sleep(3)
+                    return False
+                return True
+        if self.epoch is not None:
+            with contextlib.suppress(BrokerError):  # an outage is the publish path's business
+                self._probe_loss()
+        return True
+
+    def _probe_loss(self) -> None:
+        state = getattr(self._publisher, "state", None)
+        if state is not None:
+            self._loss.on_state(state())
+
+    def _report_loss(self, loss: Loss) -> None:
+        """One loud line per loss, naming what was lost and the command that restores it."""
+        metrics.REDIS_LOSS.labels(loss.what).inc()
+        since = None
+        db = self._db
+        if db is not None and not db.closed and not db.broken:
+            with contextlib.suppress(psycopg.Error):
+                row = db.execute(sql.LOSS_SINCE, {"after": loss.after_seq}).fetchone()
+                db.rollback()
+                since = row[0] if row else None
+        fix = (
+            f"restore them with: outbox republish --since '{since.isoformat()}'"
+            if since is not None
+            else "no published row is retained in Postgres to restore them from"
+        )
+        log.error(
+            "REDIS LOST PUBLISHED EVENTS on stream %s: %s. Events marked published after position %d may be "
+            "missing from the stream (new events are still published exactly once); %s",
+            self.settings.stream, loss.detail, loss.after_seq, fix,
+        )  # fmt: skip
 
     # ---- waiting -----------------------------------------------------------------------------------
 

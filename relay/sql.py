@@ -87,6 +87,19 @@ ORDER BY p.id
 """
 )
 
+# What Postgres knows was appended (loss detection, relay/loss.py): the highest position among the most
+# recently published rows and the newest stream id. Walks the published index backwards, 1000 rows.
+PUBLISHED_HEAD: LiteralString = """
+SELECT max(publish_seq), (array_agg(stream_id ORDER BY publish_seq DESC) FILTER (WHERE stream_id IS NOT NULL))[1]
+FROM (SELECT publish_seq, stream_id FROM outbox_events WHERE status = 'published'
+      ORDER BY published_at DESC LIMIT 1000) t
+"""
+
+# Where a republish after a loss must start: the oldest published row above the position Redis still holds.
+LOSS_SINCE: LiteralString = (
+    "SELECT min(published_at) FROM outbox_events WHERE status = 'published' AND publish_seq > %(after)s"
+)
+
 OPEN_BATCHES: LiteralString = "SELECT id, first_seq, event_ids FROM outbox_batches ORDER BY first_seq"
 
 # An interrupted batch's rows that are still pending, with their original positions. A batch that some
