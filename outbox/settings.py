@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from typing import Any, Literal, Self
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,8 +47,18 @@ class DaemonSettings(BaseSettings):
     def _check_db(cls, v: str | None) -> str | None:
         if not v:
             return None
-        if not urlsplit(v).scheme.startswith("postgres"):
+        parts = urlsplit(v)
+        if not parts.scheme.startswith("postgres"):
             raise ValueError("must be a postgresql:// URL")
+        # libpq's forms: host[:port] items separated by commas, IPv6 in brackets, and ?port=p1,p2
+        hosts = parts.netloc.rpartition("@")[2]
+        ports = [item.rpartition("]")[2].partition(":")[2] if item.startswith("[") else item.partition(":")[2]
+                 for item in hosts.split(",")]  # fmt: skip
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "port":
+                ports += value.split(",")
+        for port in ports:
+            _check_port(port)
         return v
 
     @field_validator("redis_url")
@@ -56,8 +66,17 @@ class DaemonSettings(BaseSettings):
     def _check_redis(cls, v: str | None) -> str | None:
         if not v:
             return None
-        if urlsplit(v).scheme not in ("redis", "rediss", "unix"):
+        parts = urlsplit(v)
+        if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        if parts.scheme != "unix":
+            _check_port(parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2])
+            db = parts.path.strip("/")
+            if db and not db.isdigit():
+                raise ValueError(f"the database number {db!r} (the URL's path) is not a number")
+        for key, value in parse_qsl(parts.query):
+            if key == "db" and not value.isdigit():
+                raise ValueError(f"the database number {value!r} (?db=) is not a number")
         return v
 
     @field_validator("log_level")
@@ -102,7 +121,7 @@ class DaemonSettings(BaseSettings):
             err = exc.errors(include_url=False)[0]
             where = str(err["loc"][0]) if err["loc"] else "?"
             field = next((n for n, f in cls.model_fields.items() if where in (n, f.validation_alias)), where.lower())
-            raise ConfigurationError(cls.env_name(field), err["msg"]) from None
+            raise ConfigurationError(cls.env_name(field), err["msg"].removeprefix("Value error, ")) from None
 
 
 class Settings(DaemonSettings):
@@ -130,6 +149,12 @@ class Settings(DaemonSettings):
     redis_strict: bool = Field(
         default=False, description="Refuse to start when Redis' settings can lose events (exit 2)"
     )
+
+
+def _check_port(port: str) -> None:
+    """An empty port (the default) or a number 1-65535; ``ValueError`` naming the bad one otherwise."""
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"port {port!r} is not a number from 1 to 65535")
 
 
 def libpq_url(url: str) -> str:

@@ -67,7 +67,7 @@ def _settings(**overrides: Any) -> Settings:
     try:
         return load_settings(**overrides)
     except ConfigurationError as exc:
-        err.print(f"[red]configuration error:[/] {exc}")
+        err.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -78,6 +78,12 @@ def _connect(settings: Settings) -> psycopg.Connection[Any]:
         err.print(f"[red]configuration error:[/] {exc}")
         raise typer.Exit(2) from None
     except psycopg.OperationalError as exc:
+        from outbox.retry import postgres_config_error
+
+        refused = postgres_config_error(exc)  # wrong password, unknown role...: the setting, not an outage
+        if refused is not None:
+            err.print(f"[red]configuration error:[/] {escape(str(refused))}", soft_wrap=True)
+            raise typer.Exit(2) from None
         err.print(f"[red]database unavailable:[/] {str(exc).strip()}")
         raise typer.Exit(3) from None
 
@@ -383,6 +389,9 @@ def main() -> int:
     except SchemaNotInstalled as exc:  # from any command (ops.tables_required): one line, exit code 4
         err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         return EXIT_TABLES_MISSING
+    except ConfigurationError as exc:  # found while running (e.g. Redis refused the credentials): exit code 2
+        err.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
+        return 2
     except OutboxError as exc:
         err.print(f"[red]error:[/] {exc}")
         return 1

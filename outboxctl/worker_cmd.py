@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from outbox.errors import ConfigurationError
+from outbox.retry import postgres_config_error, redis_config_error
 from outbox.worker import sql
 from outbox.worker.errors import InvalidRunStatus, InvalidTrigger, WorkerInputError
 from outbox.worker.settings import WorkerSettings, load_worker_settings
@@ -137,6 +138,10 @@ def status(
         with _db(settings) as conn:
             data = collect(client, conn, settings)
     except redis.RedisError as exc:
+        refused = redis_config_error(exc)
+        if refused is not None:
+            err.print(f"[red]configuration error:[/] {escape(str(refused))}", soft_wrap=True)
+            raise typer.Exit(2) from None
         err.print(f"[red]redis unavailable:[/] {exc}")
         raise typer.Exit(3) from None
     finally:
@@ -205,6 +210,10 @@ def _db(settings: WorkerSettings) -> Iterator[psycopg.Connection[Any]]:
     try:
         conn = psycopg.connect(dsn, connect_timeout=5, application_name="outbox-cli")
     except psycopg.OperationalError as exc:
+        refused = postgres_config_error(exc)
+        if refused is not None:
+            err.print(f"[red]configuration error:[/] {escape(str(refused))}", soft_wrap=True)
+            raise typer.Exit(2) from None
         err.print(f"[red]database unavailable:[/] {escape(str(exc).strip())}")
         raise typer.Exit(3) from None
     try:

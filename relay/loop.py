@@ -31,7 +31,7 @@ from outbox.relay.publisher import (
     fence_key,
     redis_server_settings,
 )
-from outbox.retry import backoff_delay
+from outbox.retry import Outage, backoff_delay, postgres_config_error, quiet_pipeline_noise
 from outbox.schemas.registry import Registry
 from outbox.settings import Settings
 from outbox.sql import NOTIFY_CHANNEL
@@ -165,9 +165,10 @@ class Relay:
         self._renewed_at = 0.0
         self._pruned_at = 0.0
         self._last_busy = time.monotonic()
-        self._db_down_since: float | None = None
+        self._db_outage = Outage("database", log)  # one line when an outage starts, one when it ends
         self._db_failures = 0  # consecutive, for the backoff
-        self._broker_down_since: float | None = None
+        self._broker_outage = Outage("broker", log)
+        quiet_pipeline_noise()
         # Process-runner hooks (systemd READY/WATCHDOG, health metric): alive() from this loop only.
         self.liveness = Liveness()
         # Redis checks (relay/guard.py, relay/loss.py): at start and every redis_check_interval.
@@ -199,6 +200,8 @@ class Relay:
                 try:
                     if not self._step(until_idle):
                         break
+                    self._db_outage.ok()  # a whole step worked: an outage ends after `settle` s of these
+                    self._broker_outage.ok()
                 except _Stop:
                     break
                 except _LostLease:
@@ -207,6 +210,9 @@ class Relay:
                     missing = missing_tables(exc)
                     if missing is not None:  # not an outage: retrying cannot help, the process exits (code 4)
                         raise missing from exc
+                    refused = postgres_config_error(exc)
+                    if refused is not None:  # wrong password, unknown role...: not an outage either (exit 2)
+                        raise refused from exc
                     self._on_db_error(exc)
         finally:
             self._shutdown()
@@ -318,9 +324,6 @@ class Relay:
                 **_KEEPALIVE,
             )  # fmt: skip
             self._recover = True
-            if self._db_down_since is not None:
-                log.warning("database reachable again after %.1fs", time.monotonic() - self._db_down_since)
-                self._db_down_since = None
         return self._db
 
     def _session_options(self) -> str:
@@ -333,9 +336,7 @@ class Relay:
     def _on_db_error(self, exc: psycopg.Error) -> None:
         self.stats.db_errors += 1
         metrics.DB_ERRORS.inc()
-        if self._db_down_since is None:
-            self._db_down_since = time.monotonic()
-            log.error("database unavailable, retrying with backoff: %s", str(exc).strip().splitlines()[0])
+        self._db_outage.error(exc)
         self._drop_prefetch()
         self._await_mark(fallback=False)
         for conn in (self._db, self._listen, self._ahead_db, self._mark_db):
@@ -713,17 +714,13 @@ class Relay:
             attempt += 1
             self.stats.broker_errors += 1
             metrics.BROKER_ERRORS.inc()
-            if self._broker_down_since is None:
-                self._broker_down_since = time.monotonic()
-                log.error("broker unavailable, %d event(s) held, retrying with backoff: %s", len(out), error)
+            self._broker_outage.error(error, note=f"{len(out)} event(s) held, retrying with backoff")
             if self._stop.is_set():
                 raise _Stop()
             self._backoff_sleep(attempt)
             if self._db is not None and time.monotonic() - self._renewed_at > self.settings.lease_ttl / 3:
                 self._renew(self._db, idle=False)  # keep the lease through a broker outage
-        if self._broker_down_since is not None:
-            log.warning("broker available again after %.1fs", time.monotonic() - self._broker_down_since)
-            self._broker_down_since = None
+        self._broker_outage.ok()
 
     def _with_broker(self, fn: Callable[[Publisher], int]) -> int:
         attempt = 0
@@ -734,18 +731,14 @@ class Relay:
             except BrokerError as exc:
                 attempt += 1
                 self.stats.broker_errors += 1
-                if self._broker_down_since is None:
-                    self._broker_down_since = time.monotonic()
-                    log.error("broker unavailable, retrying with backoff: %s", exc)
+                self._broker_outage.error(exc)
                 if self._stop.is_set():
                     raise _Stop() from None
                 self._backoff_sleep(attempt)
                 if self._db is not None and time.monotonic() - self._renewed_at > self.settings.lease_ttl / 3:
                     self._renew(self._db, idle=False)
                 continue
-            if self._broker_down_since is not None:
-                log.warning("broker available again after %.1fs", time.monotonic() - self._broker_down_since)
-                self._broker_down_since = None
+            self._broker_outage.ok()
             return value
 
     # ---- Redis checks ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import redis
 
 from outbox.errors import BrokerError
-from outbox.retry import transient_redis
+from outbox.retry import redis_config_error, transient_redis
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,9 +185,13 @@ def stream_id_key(sid: str) -> tuple[int, int]:
 
 
 def classify(exc: Exception) -> BrokerError:
-    """Wrap a redis-py error as a ``BrokerError`` that says whether retrying can help."""
+    """Wrap a redis-py error as a ``BrokerError`` that says whether retrying can help. Raises
+    ``ConfigurationError`` (OUTBOX_REDIS_URL) instead when Redis refused the credentials: never retried."""
     if isinstance(exc, BrokerError):
         return exc
+    refused = redis_config_error(exc)
+    if refused is not None:
+        raise refused from exc
     return BrokerError(f"{type(exc).__name__}: {exc}", transient=transient_redis(exc))
 
 

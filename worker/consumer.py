@@ -39,7 +39,7 @@ import redis
 from outbox import schemas, wire
 from outbox.liveness import Liveness
 from outbox.ops import missing_tables
-from outbox.retry import backoff_delay, transient_reply
+from outbox.retry import Outage, backoff_delay, postgres_config_error, redis_config_error, transient_redis
 from outbox.schemas.registry import Registry
 from outbox.worker import sql
 from outbox.worker.ingest import PoisonEntry, Resolution, Resolver, Row, build_row, columns, event_key
@@ -184,6 +184,8 @@ class Worker:
         self._next_claim = 0.0
         self._db_failures = 0
         self._redis_failures = 0
+        self._db_outage = Outage("database", log)  # one line when an outage starts, one when it ends
+        self._redis_outage = Outage("redis", log)
         self._group_losses = 0  # consecutive, for the backoff
         self._scan_deleted = False
         self._pause = settings.pause()
@@ -216,6 +218,7 @@ class Worker:
             self.liveness.state(f"reading {s.stream} as {self.consumer} (group {s.group})")
             while not self._stop.is_set():
                 busy = self._with_redis(self._step)
+                self._db_outage.ok()  # a whole step worked (a batch in hand is retried until it commits)
                 if until_idle and not busy:
                     break
         except _Stop:
@@ -268,19 +271,19 @@ class Worker:
         while True:
             try:
                 value = fn()
-            except redis.ResponseError as exc:
+            except redis.RedisError as exc:
+                refused = redis_config_error(exc)
+                if refused is not None:  # wrong password: not an outage, the process exits (code 2)
+                    raise refused from exc
                 if group_lost(exc):
                     self._recreate_group(exc)
                     continue
-                if not transient_reply(exc):
+                if not transient_redis(exc):
                     raise
                 self._redis_trouble(exc)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                self._redis_trouble(exc)
             else:
-                if self._redis_failures:
-                    log.warning("redis available again")
-                    self._redis_failures = 0
+                self._redis_failures = 0
+                self._redis_outage.ok()
                 self._group_losses = 0
                 return value
 
@@ -288,8 +291,7 @@ class Worker:
         self.stats.redis_errors += 1
         self.metrics.redis_errors.inc()
         self._redis_failures += 1
-        if self._redis_failures == 1:
-            log.error("redis unavailable, retrying with backoff: %s", exc)
+        self._redis_outage.error(exc)
         if self._stop.is_set():
             raise _Stop() from None
         self._backoff(self._redis_failures)
@@ -312,7 +314,7 @@ class Worker:
             return False
         return True
 
-    def _recreate_group(self, exc: redis.ResponseError) -> None:
+    def _recreate_group(self, exc: redis.RedisError) -> None:
         """The group is gone (the stream deleted, or the group destroyed): create it again at id 0, whatever
         ``start_id`` says. Every entry of a recreated stream came after the loss, and re-reading entries of a
         stream that survived is harmless: events already ingested are recognised by id and skipped."""
@@ -545,9 +547,8 @@ class Worker:
             return result
 
     def _db_ok(self) -> None:
-        if self._db_failures:
-            log.warning("database reachable again")
-            self._db_failures = 0
+        self._db_failures = 0
+        self._db_outage.ok()
 
     def _check_tables(self) -> None:
         """Fail now, not at the first entry, if the tables are missing; an outage is left to the batch path."""
@@ -556,7 +557,7 @@ class Worker:
             db.execute(_TABLES_PROBE)
             db.rollback()
         except psycopg.Error as exc:
-            missing = missing_tables(exc)
+            missing = missing_tables(exc) or postgres_config_error(exc)
             if missing is not None:
                 raise missing from exc
             if self._db is not None:
@@ -565,14 +566,13 @@ class Worker:
                 self._db = None
 
     def _on_db_error(self, exc: psycopg.Error) -> None:
-        missing = missing_tables(exc)
-        if missing is not None:  # not an outage: the entries in hand stay pending; the process exits (code 4)
+        missing = missing_tables(exc) or postgres_config_error(exc)
+        if missing is not None:  # not an outage: the entries in hand stay pending; the process exits (code 4 or 2)
             raise missing from exc
         self.stats.db_errors += 1
         self.metrics.db_errors.inc()
         self._db_failures += 1
-        if self._db_failures == 1:
-            log.error("database error, retrying the batch in hand with backoff: %s", _first_line(exc))
+        self._db_outage.error(_first_line(exc), note="retrying the batch in hand with backoff")
         if self._db is not None:
             with contextlib.suppress(Exception):
                 self._db.close()
