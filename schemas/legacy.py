@@ -12,6 +12,7 @@ class TicketAdditionalAgentAssignedLegacy(Payload):
     """legacy.TicketAdditionalAgentAssigned.v1: Ticket Additional Agent Assigned."""
 
     tenantId: Uuid
+    occurredAt: Opt[UtcDateTime] = None
     ticketId: Uuid
     primaryAgentId: Uuid
     additionalAgentId: Uuid
@@ -30,6 +31,7 @@ class TicketCommentAddedLegacy(Payload):
     """legacy.TicketCommentAdded.v1: Ticket Comment Added."""
 
     tenantId: Uuid
+    occurredAt: Opt[UtcDateTime] = None
     ticketId: Uuid
     userId: Uuid
     assignedByUserId: Opt[Uuid] = None
@@ -95,6 +97,7 @@ class AppointmentRequestCreatedLegacy(Payload):
     """legacy.AppointmentRequestCreated.v1: Appointment Request Created."""
 
     tenantId: Uuid
+    occurredAt: Opt[UtcDateTime] = None
     appointmentRequestId: Uuid
     clientId: Opt[Uuid] = None
     contactId: Opt[Uuid] = None
@@ -122,6 +125,7 @@ class AppointmentRequestApprovedLegacy(Payload):
     """legacy.AppointmentRequestApproved.v1: Appointment Request Approved."""
 
     tenantId: Uuid
+    occurredAt: Opt[UtcDateTime] = None
     appointmentRequestId: Uuid
     clientId: Opt[Uuid] = None
     contactId: Opt[Uuid] = None
@@ -149,6 +153,7 @@ class AppointmentRequestDeclinedLegacy(Payload):
     """legacy.AppointmentRequestDeclined.v1: Appointment Request Declined."""
 
     tenantId: Uuid
+    occurredAt: Opt[UtcDateTime] = None
     appointmentRequestId: Uuid
     clientId: Opt[Uuid] = None
     contactId: Opt[Uuid] = None
@@ -176,6 +181,7 @@ class AppointmentRequestCancelledLegacy(Payload):
     """legacy.AppointmentRequestCancelled.v1: Appointment Request Cancelled."""
 
     tenantId: Uuid
+    occurredAt: Opt[UtcDateTime] = None
     appointmentRequestId: Uuid
     clientId: Opt[Uuid] = None
     contactId: Opt[Uuid] = None
@@ -203,6 +209,7 @@ class ScheduleEntryCreatedLegacy(Payload):
     """legacy.ScheduleEntryCreated.v1: Schedule Entry Created."""
 
     tenantId: Uuid
+    occurredAt: Opt[UtcDateTime] = None
     entryId: Uuid
     userId: Uuid
     changes: Opt[dict[str, Any]] = None
@@ -212,6 +219,7 @@ class ScheduleEntryUpdatedLegacy(Payload):
     """legacy.ScheduleEntryUpdated.v1: Schedule Entry Updated."""
 
     tenantId: Uuid
+    occurredAt: Opt[UtcDateTime] = None
     entryId: Uuid
     userId: Uuid
     changes: Opt[dict[str, Any]] = None
@@ -221,6 +229,7 @@ class ScheduleEntryDeletedLegacy(Payload):
     """legacy.ScheduleEntryDeleted.v1: Schedule Entry Deleted."""
 
     tenantId: Uuid
+    occurredAt: Opt[UtcDateTime] = None
     entryId: Uuid
     userId: Uuid
     changes: Opt[dict[str, Any]] = None
@@ -238,6 +247,7 @@ class ProjectClosedLegacy(Payload):
     """legacy.ProjectClosed.v1: Project Closed."""
 
     tenantId: Uuid
+    occurredAt: Opt[UtcDateTime] = None
     projectId: Uuid
     userId: Uuid
     changes: ProjectClosedLegacyChanges
@@ -248,6 +258,7 @@ class ProjectAssignedLegacy(Payload):
     """legacy.ProjectAssigned.v1: Project Assigned."""
 
     tenantId: Uuid
+    occurredAt: Opt[UtcDateTime] = None
     projectId: Uuid
     userId: Uuid
     changes: Opt[dict[str, Any]] = None
@@ -258,6 +269,7 @@ class ProjectTaskAdditionalAgentAssignedLegacy(Payload):
     """legacy.ProjectTaskAdditionalAgentAssigned.v1: Project Task Additional Agent Assigned."""
 
     tenantId: Uuid
+    occurredAt: Opt[UtcDateTime] = None
     projectId: Uuid
     taskId: Uuid
     primaryAgentId: Uuid
@@ -269,6 +281,7 @@ class TaskCommentAddedLegacy(Payload):
     """legacy.TaskCommentAdded.v1: Task Comment Added."""
 
     tenantId: Uuid
+    occurredAt: Opt[UtcDateTime] = None
     taskId: Uuid
     projectId: Uuid
     userId: Uuid
@@ -282,6 +295,7 @@ class TaskCommentUpdatedLegacy(Payload):
     """legacy.TaskCommentUpdated.v1: Task Comment Updated."""
 
     tenantId: Uuid
+    occurredAt: Opt[UtcDateTime] = None
     taskId: Uuid
     projectId: Uuid
     userId: Uuid
@@ -296,6 +310,7 @@ class TimeEntrySubmittedLegacy(Payload):
     """legacy.TimeEntrySubmitted.v1: Time Entry Submitted."""
 
     tenantId: Uuid
+    occurredAt: Opt[UtcDateTime] = None
     timeEntryId: Uuid
     userId: Uuid
     workItemId: Uuid
@@ -306,6 +321,7 @@ class TimeEntryApprovedLegacy(Payload):
     """legacy.TimeEntryApproved.v1: Time Entry Approved."""
 
     tenantId: Uuid
+    occurredAt: Opt[UtcDateTime] = None
     timeEntryId: Uuid
     userId: Uuid
     workItemId: Uuid

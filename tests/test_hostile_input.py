@@ -22,9 +22,10 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, text
 
 import outbox
-from outbox import PayloadTooLarge, RecordError, schemas
+from outbox import PayloadTooLarge, PayloadValidationError, RecordError, schemas
 from outbox.errors import InvalidArgument, NestingTooDeep, UnrepresentableValue
 from outbox.relay.loop import Relay
+from outbox.schemas import simulate
 from outbox.settings import sqlalchemy_url
 from outbox.write import DEFAULT_MAX_DEPTH, DEFAULT_MAX_PAYLOAD_BYTES
 from tests.conftest import make_settings, stream_entries
@@ -209,12 +210,16 @@ LEGACY_WITH_OCCURRED_AT = [
 
 
 @pytest.mark.parametrize("event_type", LEGACY_WITH_OCCURRED_AT)
-def test_legacy_contracts_require_occurredAt(event_type):
+def test_legacy_contracts_declare_occurredAt(event_type):
     entry = schemas.registry.event_type(event_type)
     assert entry.kind == "legacy-bus"
     schema = schemas.registry.json_schema(entry.ref)
-    assert "occurredAt" in schema["required"]
     assert schema["properties"]["occurredAt"]["format"] == "date-time"
+    # optional in .v1 (requiring it would break the published ref); record always fills it
+    assert "occurredAt" not in schema["required"]
+    with pytest.raises(PayloadValidationError) as err:
+        schemas.validate(event_type, {**simulate.example(event_type, seed=1), "occurredAt": "2024-05-06 07:08"})
+    assert any(e.field == "occurredAt" for e in err.value.errors)
 
 
 def test_other_legacy_contracts_are_unchanged():
@@ -225,8 +230,6 @@ def test_other_legacy_contracts_are_unchanged():
 
 
 def test_record_fills_occurredAt_of_a_legacy_type(db_url):
-    from outbox.schemas import simulate
-
     payload = simulate.example("TICKET_COMMENT_ADDED", tenant_id=uuid.uuid4(), seed=1)
     payload.pop("occurredAt", None)
     with psycopg.connect(db_url) as conn:

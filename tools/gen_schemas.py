@@ -107,6 +107,34 @@ class ModuleWriter:
         self.classes.append("\n".join(body))
 
 
+# Legacy bus types whose payload the platform's runtime contracts require to carry ``occurredAt`` (UTC
+# date-time), as its own publishers always send it; the catalog facts do not list the field for them.
+# Declared here so that ``record`` fills it as for the v2 types, and the platform's reader accepts the event.
+# Declared OPTIONAL in .v1: making it required would be a breaking change of a published ref (the
+# evolution gate says so), and rows recorded before this release without it, still pending at upgrade,
+# would be dead-lettered. record always fills it, so every event recorded from now on carries it.
+LEGACY_OCCURRED_AT = frozenset(
+    {
+        "APPOINTMENT_REQUEST_APPROVED", "APPOINTMENT_REQUEST_CANCELLED", "APPOINTMENT_REQUEST_CREATED",
+        "APPOINTMENT_REQUEST_DECLINED", "PROJECT_ASSIGNED", "PROJECT_CLOSED", "PROJECT_TASK_ADDITIONAL_AGENT_ASSIGNED",
+        "SCHEDULE_ENTRY_CREATED", "SCHEDULE_ENTRY_DELETED", "SCHEDULE_ENTRY_UPDATED", "TASK_COMMENT_ADDED",
+        "TASK_COMMENT_UPDATED", "TICKET_ADDITIONAL_AGENT_ASSIGNED", "TICKET_COMMENT_ADDED", "TIME_ENTRY_APPROVED",
+        "TIME_ENTRY_SUBMITTED",
+    }
+)  # fmt: skip
+
+
+def payload_fields(e: dict[str, Any]) -> dict[str, Any]:
+    """The event's payload fields, with ``occurredAt`` (optional, after ``tenantId``) for ``LEGACY_OCCURRED_AT``."""
+    fields = e["payload_fields"]
+    if e["event_type"] not in LEGACY_OCCURRED_AT or "occurredAt" in fields:
+        return fields
+    items = list(fields.items())
+    at = 1 if items and items[0][0] == "tenantId" else 0
+    items.insert(at, ("occurredAt", {"type": "datetime", "required": False}))
+    return dict(items)
+
+
 def render(module: str, events: list[dict[str, Any]], descriptions: dict[str, str]) -> str:
     w = ModuleWriter()
     entries: list[str] = []
@@ -116,9 +144,7 @@ def render(module: str, events: list[dict[str, Any]], descriptions: dict[str, st
         ref = e["payload_schema_ref"] or f"legacy.{pascal(et.lower())}.v1"
         cls = pascal(et.lower()) + ("Legacy" if legacy_only else "V1")
         desc = descriptions.get(et, e["summary"])
-        w.write_model(
-            cls, e["payload_fields"], base="Payload", doc=f"{ref}: {e['name']}.", legacy=legacy_only, top=True
-        )
+        w.write_model(cls, payload_fields(e), base="Payload", doc=f"{ref}: {e['name']}.", legacy=legacy_only, top=True)
         legacy_cls = None
         if e.get("legacy_payload_fields"):
             legacy_cls = pascal(et.lower()) + "Legacy"
