@@ -15,6 +15,8 @@ from outbox import errors
 from outbox.errors import (
     ConfigurationError,
     DuplicateEvent,
+    InvalidArgument,
+    NestingTooDeep,
     NonUtcTimestamp,
     NotInTransaction,
     OutboxError,
@@ -23,6 +25,7 @@ from outbox.errors import (
     RecordError,
     TenantMismatch,
     UnknownEventType,
+    UnrepresentableValue,
 )
 
 if TYPE_CHECKING:
@@ -47,6 +50,8 @@ __all__ = [
     "ConfigurationError",
     "DuplicateEvent",
     "Event",
+    "InvalidArgument",
+    "NestingTooDeep",
     "NonUtcTimestamp",
     "NotInTransaction",
     "OutboxError",
@@ -55,6 +60,7 @@ __all__ = [
     "RecordError",
     "TenantMismatch",
     "UnknownEventType",
+    "UnrepresentableValue",
     "arecord",
     "arecord_many",
     "arecord_typed",

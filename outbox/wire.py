@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from outbox.envelope import is_iso_datetime
+from outbox.envelope import is_iso_datetime, is_uuid
 from outbox.errors import OutboxError, PayloadTooLarge
 
 FIELDS = (
@@ -78,9 +78,6 @@ def timestamp(occurred_at: Any, column: str) -> str:
     raise WireError(f"payload occurredAt {shown} is not an ISO-8601 date-time (years 0001-9999, with an offset)")
 
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-
-
 def user_id_of(payload: Any) -> str:
     """The wire ``user_id``: ``actorUserId``, else ``userId``, whichever first holds a UUID; else ``""``.
 
@@ -90,7 +87,7 @@ def user_id_of(payload: Any) -> str:
     get = payload.get if isinstance(payload, dict) else (lambda k: getattr(payload, k, None))
     for key in ("actorUserId", "userId"):
         value = get(key)
-        if isinstance(value, str) and _UUID.fullmatch(value):
+        if isinstance(value, str) and is_uuid(value):
             return value
     return ""
 
