@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any, Literal, Self
 from urllib.parse import parse_qsl, urlsplit
 
@@ -47,14 +48,18 @@ class DaemonSettings(BaseSettings):
     def _check_db(cls, v: str | None) -> str | None:
         if not v:
             return None
-        parts = urlsplit(v)
-        if not parts.scheme.startswith("postgres"):
+        # Split by hand: urlsplit refuses libpq's host lists with a bracketed IPv6 item on some Python
+        # releases ("Invalid IPv6 URL" on 3.11.2, accepted on 3.11.7).
+        scheme, sep, rest = v.partition("://")
+        if not sep or not scheme.startswith("postgres"):
             raise ValueError("must be a postgresql:// URL")
+        netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+        query = rest.partition("?")[2].partition("#")[0]
         # libpq's forms: host[:port] items separated by commas, IPv6 in brackets, and ?port=p1,p2
-        hosts = parts.netloc.rpartition("@")[2]
+        hosts = netloc.rpartition("@")[2]
         ports = [item.rpartition("]")[2].partition(":")[2] if item.startswith("[") else item.partition(":")[2]
                  for item in hosts.split(",")]  # fmt: skip
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        for key, value in parse_qsl(query, keep_blank_values=True):
             if key == "port":
                 ports += value.split(",")
         for port in ports:
