@@ -378,7 +378,8 @@ class Relay:
         db.rollback()
         if head is not None:
             self._loss.baseline(head[0], head[1])
-        self._probe_loss()
+        with contextlib.suppress(BrokerError):  # Redis gone again: the publish path waits for it (and reports it)
+            self._probe_loss()
         self._recover = True
         self._idle = False
         return True
