@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from outbox.cli.exits import config_exit, postgres_exit
 from outbox.cli.lazy import Lazy, lazy_group, module
 from outbox.errors import EXIT_TABLES_MISSING, ConfigurationError, OutboxError, SchemaNotInstalled
 
@@ -67,25 +68,16 @@ def _settings(**overrides: Any) -> Settings:
     try:
         return load_settings(**overrides)
     except ConfigurationError as exc:
-        err.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(2) from None
+        raise config_exit(exc) from None
 
 
 def _connect(settings: Settings) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(settings.require_database(), connect_timeout=5, application_name="outbox-cli")
     except ConfigurationError as exc:
-        err.print(f"[red]configuration error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise config_exit(exc) from None
     except psycopg.OperationalError as exc:
-        from outbox.retry import postgres_config_error
-
-        refused = postgres_config_error(exc)  # wrong password, unknown role...: the setting, not an outage
-        if refused is not None:
-            err.print(f"[red]configuration error:[/] {escape(str(refused))}", soft_wrap=True)
-            raise typer.Exit(2) from None
-        err.print(f"[red]database unavailable:[/] {str(exc).strip()}")
-        raise typer.Exit(3) from None
+        raise postgres_exit(exc) from None
 
 
 def _dump(data: Any) -> None:
@@ -115,9 +107,9 @@ def migrate(
         migrations.sql()
         return
     settings = _settings(database_url=database_url)
-    dsn = settings.require_database() if settings.database_url else None
-    if dsn is None:
-        _connect(settings).close()  # surfaces libpq-variable problems with a clear message
+    # Refused credentials (exit 2) and an unreachable server (exit 3) are told apart here, as by every
+    # command; the upgrade below reports any failure as "migration failed" (exit 1).
+    _connect(settings).close()
     try:
         done = migrations.upgrade(settings.database_url or "postgresql://")
     except migrations.HostHistoryBehind as exc:
@@ -171,8 +163,7 @@ def relay(
         settings.require_database()
         settings.require_redis()
     except ConfigurationError as exc:
-        err.print(f"[red]configuration error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise config_exit(exc) from None
     raise typer.Exit(serve(settings, once=once))
 
 
@@ -337,8 +328,7 @@ def republish(
     try:
         url = settings.require_redis()
     except ConfigurationError as exc:
-        err.print(f"[red]configuration error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise config_exit(exc) from None
     with _connect(settings) as conn, ops.tables_required():
         row = conn.execute(sql.INSTANCE_ID).fetchone()
         conn.rollback()
@@ -390,8 +380,7 @@ def main() -> int:
         err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
         return EXIT_TABLES_MISSING
     except ConfigurationError as exc:  # found while running (e.g. Redis refused the credentials): exit code 2
-        err.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
-        return 2
+        return config_exit(exc).exit_code
     except OutboxError as exc:
         err.print(f"[red]error:[/] {exc}")
         return 1

@@ -20,8 +20,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from outbox.cli.exits import config_exit, postgres_exit
 from outbox.errors import ConfigurationError
-from outbox.retry import postgres_config_error, redis_config_error
+from outbox.retry import redis_config_error
 from outbox.worker import sql
 from outbox.worker.errors import InvalidRunStatus, InvalidTrigger, WorkerInputError
 from outbox.worker.settings import WorkerSettings, load_worker_settings
@@ -51,8 +52,7 @@ def _settings(**overrides: Any) -> WorkerSettings:
     try:
         return load_worker_settings(**overrides)
     except ConfigurationError as exc:
-        err.print(f"[red]configuration error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise config_exit(exc) from None
 
 
 @app.callback()
@@ -108,8 +108,7 @@ def run(
         settings.require_database()
         settings.require_redis()
     except ConfigurationError as exc:
-        err.print(f"[red]configuration error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise config_exit(exc) from None
     raise typer.Exit(serve(settings, once=once))
 
 
@@ -131,8 +130,7 @@ def status(
     try:
         url = settings.require_redis()
     except ConfigurationError as exc:
-        err.print(f"[red]configuration error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise config_exit(exc) from None
     client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=3)
     try:
         with _db(settings) as conn:
@@ -140,8 +138,7 @@ def status(
     except redis.RedisError as exc:
         refused = redis_config_error(exc)
         if refused is not None:
-            err.print(f"[red]configuration error:[/] {escape(str(refused))}", soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise config_exit(refused) from None
         err.print(f"[red]redis unavailable:[/] {exc}")
         raise typer.Exit(3) from None
     finally:
@@ -205,17 +202,11 @@ def _db(settings: WorkerSettings) -> Iterator[psycopg.Connection[Any]]:
     try:
         dsn = settings.require_database()
     except ConfigurationError as exc:
-        err.print(f"[red]configuration error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise config_exit(exc) from None
     try:
         conn = psycopg.connect(dsn, connect_timeout=5, application_name="outbox-cli")
     except psycopg.OperationalError as exc:
-        refused = postgres_config_error(exc)
-        if refused is not None:
-            err.print(f"[red]configuration error:[/] {escape(str(refused))}", soft_wrap=True)
-            raise typer.Exit(2) from None
-        err.print(f"[red]database unavailable:[/] {escape(str(exc).strip())}")
-        raise typer.Exit(3) from None
+        raise postgres_exit(exc) from None
     try:
         with conn, tables_required():  # missing tables: SchemaNotInstalled, exit code 4 (outbox.cli.main)
             yield conn

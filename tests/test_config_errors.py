@@ -26,6 +26,7 @@ from tests.conftest import ROOT, make_settings, relay_env, status_counts, wait_f
 RELAY = ["-m", "outbox.relay"]
 WORKER = ["-m", "outbox.worker"]
 STATUS = ["-m", "outbox.cli", "status"]
+MIGRATE = ["-m", "outbox.cli", "migrate"]
 WORKER_STATUS = ["-m", "outbox.cli", "worker", "status"]
 
 
@@ -152,7 +153,17 @@ def postgres_with_password() -> Iterator[PostgresServer]:
 def test_wrong_postgres_password(redis_url, postgres_with_password):
     url = postgres_with_password.url().replace("postgres@", "app:wrong@")
     env = {"OUTBOX_DATABASE_URL": url, "OUTBOX_REDIS_URL": redis_url}
-    assert_refused(run_all([RELAY, WORKER, STATUS], env), "OUTBOX_DATABASE_URL", "password authentication failed")
+    assert_refused(
+        run_all([RELAY, WORKER, STATUS, MIGRATE], env), "OUTBOX_DATABASE_URL", "password authentication failed"
+    )
+
+
+def test_migrate_against_an_unreachable_database_exits_3():
+    """Nothing listens on the port: `outbox migrate` says "database unavailable" in one line, exit code 3 (it
+    used to say "migration failed", exit code 1)."""
+    (res,) = run_all([MIGRATE], {"OUTBOX_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/test"})
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 3 and len(lines) == 1 and "database unavailable" in lines[0], res.stderr
 
 
 # ---- one outage, two lines ------------------------------------------------------------------------------
