@@ -11,8 +11,6 @@ from pathlib import Path
 
 SCRIPT_LOCATION = str(Path(__file__).resolve().parent)
 VERSIONS = str(Path(__file__).resolve().parent / "versions")
-#: ``version_locations`` entry for a host's alembic.ini (a package resource: no path of this machine in it).
-VERSIONS_RESOURCE = "outbox:migrations/versions"
 VERSION_TABLE = "outbox_alembic_version"
 BRANCH = "outbox"
 

@@ -33,7 +33,6 @@ from outbox.cli.main import app as cli_app
 from outbox.embedded import RedisServer
 from outbox.errors import ConfigurationError
 from outbox.worker import Worker, WorkerSettings, add_trigger, load_worker_settings, set_enabled
-from outbox.worker.settings import env_name
 from outbox.worker.status import _count_after, stream_status
 from tests.conftest import ROOT, relay_thread, stream_entries, wait_for
 
@@ -96,7 +95,7 @@ def worker_env(settings: WorkerSettings, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
     for name, value in settings.model_dump().items():
         if value is not None:
-            env[env_name(name)] = str(value)
+            env[WorkerSettings.env_name(name)] = str(value)
     env.update(extra)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env

@@ -76,11 +76,6 @@ class WorkerSettings(DaemonSettings):
         return where, float(secs or "0")
 
 
-def env_name(field: str) -> str:
-    """The environment variable of a settings field."""
-    return WorkerSettings.env_name(field)
-
-
 def load_worker_settings(**overrides: Any) -> WorkerSettings:
     """Settings from the environment plus explicit overrides; ``ConfigurationError`` names a bad variable."""
     return WorkerSettings.load(**overrides)
