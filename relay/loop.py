@@ -792,10 +792,14 @@ class Relay:
         since = None
         db = self._db
         if db is not None and not db.closed and not db.broken:
-            with contextlib.suppress(psycopg.Error):
+            try:
                 row = db.execute(sql.LOSS_SINCE, {"after": loss.after_seq}).fetchone()
-                db.rollback()
                 since = row[0] if row else None
+            except psycopg.Error as exc:
+                log.warning("could not look up where a republish must start: %s", str(exc).strip()[:200])
+            finally:
+                with contextlib.suppress(psycopg.Error):  # a failed look-up must not leave the transaction failed
+                    db.rollback()
         fix = (
             f"restore them with: outbox republish --since '{since.isoformat()}'"
             if since is not None

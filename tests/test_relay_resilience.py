@@ -7,11 +7,13 @@ from __future__ import annotations
 import logging
 import threading
 
+import psycopg
 import redis
 
 from outbox import wire
 from outbox.embedded import RedisServer
 from outbox.relay import Relay
+from outbox.relay.loss import Loss
 from outbox.relay.publisher import RedisStreamPublisher, fence_key
 from tests.conftest import make_settings, wait_for
 from tests.test_relay_faults import assert_exactly_once, pending_count, write_events
@@ -62,3 +64,21 @@ def test_redis_down_during_takeover_does_not_stop_the_relay(db_url, stream, capl
         assert_exactly_once(client, stream, db_url, ids)
         client.close()
     assert any("broker unavailable" in r.getMessage() for r in caplog.records)
+
+
+def test_a_failed_loss_lookup_leaves_the_connection_usable(db_url, stream, redis_url, caplog):
+    """The look-up of where a republish must start fails (here: a lock it cannot get within lock_timeout): the
+    loss is still reported, and the relay's connection is usable afterwards (it used to stay in a failed
+    transaction, so the next statement failed with InFailedSqlTransaction and looked like a database outage)."""
+    caplog.set_level(logging.ERROR, logger="outbox.relay")
+    relay = Relay(make_settings(db_url, redis_url, stream))
+    relay._db = psycopg.connect(db_url, options="-c lock_timeout=100")
+    try:
+        with psycopg.connect(db_url) as locker:
+            locker.execute("LOCK TABLE outbox_events IN ACCESS EXCLUSIVE MODE")
+            relay._report_loss(Loss("fence", "a test loss", 0))
+        assert any("a test loss" in r.getMessage() for r in caplog.records)
+        assert relay._db.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        relay._db.close()
+        relay._db = None
