@@ -1,7 +1,7 @@
 """Part 3, ``latency``: commit-to-stream latency at a steady rate (and, as an extra, at a sparse rate).
 
 Per wake mode (notify, poll), on a fresh database and stream:
-  - the relay runs as ``python -m relay`` in its own process (OUTBOX_* environment, default settings
+  - the relay runs as ``python -m outbox.relay`` in its own process (OUTBOX_* environment, default settings
     apart from the URLs, stream, wake mode and log level); we wait until it is the leader (and, in
     notify mode, idle and listening, as it would be before traffic starts);
   - a reader process XREAD-BLOCKs the stream and notes the wall-clock arrival time of each event id;
@@ -276,7 +276,7 @@ def run(
     print(
         f"latency: steady {rate:g} events/s for {warmup:g}s (warm-up, reported apart) + {seconds:g}s by {writers} "
         f"writer process(es); sparse "
-        f"~{sparse_rate:g}/s (Poisson) for {sparse_seconds:g}s; relay = python -m relay; modes {modes}",
+        f"~{sparse_rate:g}/s (Poisson) for {sparse_seconds:g}s; relay = python -m outbox.relay; modes {modes}",
         flush=True,
     )
     results: list[dict[str, Any]] = []

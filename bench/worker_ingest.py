@@ -6,7 +6,7 @@
 Creates its own database (migrated) and its own stream key (``bench:worker:<run>:...``), pre-fills the stream
 with valid TICKET_STATUS_CHANGED entries in the flat wire format for a few tenants, gives each tenant a few
 triggers (one unfiltered, the others with payload filters that match part of the events), then starts
-``python -m worker`` process(es) and polls the consumer group until its lag and pending count are 0. Reports
+``python -m outbox.worker`` process(es) and polls the consumer group until its lag and pending count are 0. Reports
 events/s and run requests/s from the first to the last ingest (database clock), and the wall time from process
 start. Cleans up its database and keys (never FLUSHALL). Without URLs (and without OUTBOX_DATABASE_URL /
 OUTBOX_REDIS_URL) it starts embedded servers.

@@ -1,7 +1,7 @@
 """The event catalog: the system catalog (the code registry's catalog types, synced into Postgres), tenants'
 own catalogs, schema resolution (tenant first, then system), and an AsyncAPI 3.0.0 export of the stream.
 
-``sync_system_catalog(conn)`` keeps ``system_event_catalog`` equal to ``schemas.registry`` (migration
+``sync_system_catalog(conn)`` keeps ``system_event_catalog`` equal to ``outbox.schemas.registry`` (migration
 ``outbox_0002`` runs it); ``resolve_schema(conn, tenant_id, event_type)`` says which contract applies.
 """
 

@@ -60,7 +60,7 @@ def hoist_defs(schema: dict[str, Any], components: dict[str, Any], prefix: str) 
 
 
 def example_payload(event_type: str, registry: Registry | None = None) -> dict[str, Any] | None:
-    """A valid, reproducible example payload of ``event_type`` from ``schemas.simulate`` (optional); else ``None``."""
+    """A reproducible example payload of ``event_type`` from ``outbox.schemas.simulate`` (optional), else ``None``."""
     try:
         import importlib
 
@@ -141,7 +141,7 @@ def asyncapi_document(
     version: str = "2.0.0",
 ) -> dict[str, Any]:
     """The AsyncAPI 3.0.0 document (a JSON-able dict) of ``stream``: every event type of ``registry``
-    (default ``schemas.registry``; ``system_only`` keeps the system-catalog types), sent by the relay."""
+    (default ``outbox.schemas.registry``; ``system_only`` keeps the system-catalog types), sent by the relay."""
     if registry is None:
         from outbox.schemas import registry as default
 

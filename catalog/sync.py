@@ -81,7 +81,7 @@ def upsert_sql(placeholder: str, columns: tuple[str, ...] = sql.SYSTEM_COLUMNS) 
 def sync_system_catalog(
     conn: Any, registry: Iterable[EventType] | None = None, *, columns: tuple[str, ...] = sql.SYSTEM_COLUMNS
 ) -> SyncReport:
-    """Upsert every system-catalog entry of ``registry`` (default ``schemas.registry``) in the caller's transaction.
+    """Upsert every system-catalog entry of ``registry`` (``outbox.schemas.registry``) in the caller's transaction.
 
     Idempotent: unchanged rows are not written; ids and ``created_at`` are kept; ``updated_at`` moves only on change.
     Does not commit (psycopg): the caller's transaction decides. ``columns`` (``event_type`` first) is for

@@ -47,7 +47,7 @@ _CANONICAL = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
 
 
 def column_timestamp(rendered: str | None) -> str:
-    """The relay's rendering of the ``occurred_at`` column (``relay.sql.OCCURRED_AT``: millisecond UTC text
+    """The relay's rendering of the ``occurred_at`` column (``outbox.relay.sql.OCCURRED_AT``: millisecond UTC text
     plus the era, ``... AD``) as wire text; ``WireError`` when the wire cannot carry it: infinite, BC, or
     after year 9999."""
     if rendered is None:  # to_char of infinity / -infinity

@@ -1,4 +1,4 @@
-"""``python -m outboxctl``."""
+"""``python -m outbox.cli``: the ``outbox`` command."""
 
 from outbox.cli.main import main
 

@@ -119,7 +119,7 @@ def show(
         t.add_row(f.path, escape(f.type), "yes" if f.required else "", escape(", ".join(map(str, f.enum))))
     out.print(t)
     if example is None:
-        out.print("[dim]example: unavailable (schemas.simulate not installed)[/]")
+        out.print("[dim]example: unavailable (outbox.schemas.simulate not installed)[/]")
     else:
         out.print("example payload:")
         out.print_json(data=example)

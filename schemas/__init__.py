@@ -1,6 +1,6 @@
 """Payload contracts and the schema registry.
 
-``schemas.validate(event_type, payload)`` is what ``outbox.record`` and the relay use; ``registry``
+``outbox.schemas.validate(event_type, payload)`` is what ``outbox.record`` and the relay use; ``registry``
 holds every event type of the Workflow Event Catalog v2 and the older bus-only types.
 """
 

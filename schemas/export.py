@@ -1,7 +1,7 @@
 """JSON Schema export of every payload contract: one file per ref plus ``index.json`` (ref -> event type).
 
 The files under ``schemas/json/`` are generated (``outbox schemas export``) and committed: they are
-what other teams read, and the baseline the evolution gate (``schemas.compat``) compares the live
+what other teams read, and the baseline the evolution gate (``outbox.schemas.compat``) compares the live
 registry against. Formatting is stable (sorted keys, 2-space indent, trailing newline) so a diff shows
 only real contract changes.
 """

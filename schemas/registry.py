@@ -77,7 +77,7 @@ def _pattern_reasons() -> dict[str, str]:
 
 _PATTERN_REASONS = _pattern_reasons()
 # Errors that are about something other than the input's type (a null input to any other error means
-# the key was present with null where the contract declares a type: see ``schemas.base.Opt``).
+# the key was present with null where the contract declares a type: see ``outbox.schemas.base.Opt``).
 _NOT_TYPE_ERRORS = frozenset({"value_error", "assertion_error", "custom_error"})
 
 

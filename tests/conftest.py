@@ -277,7 +277,7 @@ def relay_env(settings: Settings) -> dict[str, str]:
 
 
 def spawn_relay(settings: Settings, *extra: str) -> subprocess.Popen[bytes]:
-    """Start ``python -m relay`` as a child process with these settings."""
+    """Start ``python -m outbox.relay`` as a child process with these settings."""
     return subprocess.Popen(
         [sys.executable, "-m", "outbox.relay", *extra],
         env=relay_env(settings),

@@ -289,7 +289,7 @@ def test_cli_show():
         "field": "approvalRequestId", "type": "string (uuid)", "required": True, "enum": None
     }  # fmt: skip
     assert fields["actorType"]["enum"] == ["USER", "CONTACT", "SYSTEM"]
-    if data["example"] is not None:  # present when schemas.simulate is installed
+    if data["example"] is not None:  # present when outbox.schemas.simulate is installed
         schemas.validate("TICKET_APPROVAL_GRANTED", data["example"])
     res = run_cli("catalog", "show", "TICKET_MESSAGE_ADDED")
     assert res.returncode == 0, res.stderr

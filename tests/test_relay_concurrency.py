@@ -50,7 +50,7 @@ def record_one(db_url: str, **extra: Any) -> str:
 
 
 class RelayProcess:
-    """``python -m relay`` in a child process, its stderr collected line by line by a reader thread."""
+    """``python -m outbox.relay`` in a child process, its stderr collected line by line by a reader thread."""
 
     def __init__(self, settings: Any) -> None:
         self.proc = spawn_relay(settings)

@@ -1,4 +1,4 @@
-"""JSON Schema export (schemas/json) and the evolution gate (schemas.compat, ``outbox schemas check``). No DB."""
+"""JSON Schema export (schemas/json) and the evolution gate (outbox.schemas.compat, ``outbox schemas check``). No DB."""
 
 from __future__ import annotations
 

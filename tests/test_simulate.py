@@ -1,4 +1,4 @@
-"""``schemas.simulate`` and ``outbox simulate``: valid payloads for every event type, invalid variants
+"""``outbox.schemas.simulate`` and ``outbox simulate``: valid payloads for every event type, invalid variants
 that fail on the field they name, dot-path overrides, determinism, and a record -> relay round trip."""
 
 from __future__ import annotations

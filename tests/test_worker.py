@@ -102,7 +102,7 @@ def worker_env(settings: WorkerSettings, **extra: str) -> dict[str, str]:
 
 
 def spawn_worker(settings: WorkerSettings, log: Path, *args: str, **extra: str) -> subprocess.Popen[bytes]:
-    """``python -m worker`` (or ``python -m outboxctl worker`` with args) as a child, stderr to ``log``."""
+    """``python -m outbox.worker`` (or ``python -m outbox.cli worker`` with args) as a child, stderr to ``log``."""
     cmd = [sys.executable, "-m", "outbox.cli", "worker", *args] if args else [sys.executable, "-m", "outbox.worker"]
     with open(log, "wb") as fh:
         return subprocess.Popen(cmd, env=worker_env(settings, **extra), stdout=subprocess.DEVNULL, stderr=fh, cwd=ROOT)

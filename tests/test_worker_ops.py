@@ -1,6 +1,6 @@
 """Operating the workflow worker: trigger management (library and ``outbox worker triggers``), Prometheus
 metrics (registry and an HTTP scrape of a worker process), claimable run requests (migration ``outbox_0004``,
-``worker.runs``, ``outbox worker runs``). Real Postgres and Redis throughout.
+``outbox.worker.runs``, ``outbox worker runs``). Real Postgres and Redis throughout.
 """
 
 from __future__ import annotations

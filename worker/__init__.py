@@ -2,9 +2,9 @@
 event against its tenant-resolved contract, records it in ``workflow_runtime_events`` and requests a workflow
 run for every matching tenant trigger -- all in one Postgres transaction per batch, acknowledged after commit.
 
-``outbox worker`` / ``python -m worker`` run it; ``outbox worker status`` reports lag, pending entries, the
-dead-letter stream and runs requested; ``outbox worker triggers ...`` manages triggers (``worker.triggers``);
-``outbox worker runs`` lists run requests, which a workflow engine claims with ``worker.runs.claim``.
+``outbox worker`` / ``python -m outbox.worker`` run it; ``outbox worker status`` reports lag, pending entries, the
+dead-letter stream and runs requested; ``outbox worker triggers ...`` manages triggers (``outbox.worker.triggers``);
+``outbox worker runs`` lists run requests, which a workflow engine claims with ``outbox.worker.runs.claim``.
 """
 
 from __future__ import annotations

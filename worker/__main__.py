@@ -1,4 +1,4 @@
-"""``python -m worker``: run the workflow worker with settings from the environment."""
+"""``python -m outbox.worker``: run the workflow worker with settings from the environment."""
 
 from __future__ import annotations
 

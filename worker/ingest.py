@@ -69,7 +69,7 @@ def columns(rows: list[Row]) -> dict[str, list[Any]]:
 class Resolver:
     """Tenant-first schema resolution with a small time-bounded cache per (tenant, event type).
 
-    ``catalog.resolve.resolve_schema`` answers from the tenant's ``event_catalog`` row, else the
+    ``outbox.catalog.resolve.resolve_schema`` answers from the tenant's ``event_catalog`` row, else the
     ``system_event_catalog`` row; only when neither exists does the code registry's ref apply (an event type
     the database does not know yet, e.g. the catalog was not synced after a deploy).
     """

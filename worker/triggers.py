@@ -23,7 +23,7 @@ values are any JSON (objects, arrays, strings, numbers, true/false/null), with n
 JSON, or JSON that is not such an object, raises ``InvalidTriggerFilter`` (field ``payload_filter``).
 
 An event type is accepted when the worker could resolve a contract for it for the trigger's tenant
-(``worker.ingest.resolve_contract``: the tenant's catalog, the system catalog, then the schema registry);
+(``outbox.worker.ingest.resolve_contract``: the tenant's catalog, the system catalog, then the schema registry);
 otherwise ``UnknownTriggerEventType`` (field ``event_type``) -- such a trigger could never start a run.
 
 Every matching trigger gets one ``workflow_run_requests`` row per event, written in the transaction that
