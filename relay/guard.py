@@ -64,13 +64,19 @@ class RedisGuard:
         self._unchecked_said = False
 
     def check(self) -> list[Risk]:
-        """Read the settings and report new risks; ``BrokerError`` (connection) propagates, anything else
-        (CONFIG and INFO both refused) is said once and ends checking."""
+        """Read the settings and report new risks; ``BrokerError`` (connection) propagates. CONFIG and INFO both
+        refused: ``ConfigurationError`` at the first check in strict mode, else said once and checking ends."""
         try:
             config = self._fetch()
         except BrokerError as exc:
             if exc.transient:
                 raise
+            if self.strict and not self.verified:  # strict mode cannot vouch for settings it cannot read
+                raise ConfigurationError(
+                    STRICT_VARIABLE,
+                    f"refusing to start: could not verify Redis' eviction and persistence settings "
+                    f"({exc}); allow CONFIG GET or INFO to the relay's user, or turn strict mode off",
+                ) from exc
             if not self._unchecked_said:
                 self._unchecked_said = True
                 log.warning("could not check Redis' eviction and persistence settings (%s); make sure "

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from outbox.embedded import RedisServer, _wait_port, free_port, redis_server_binary
+from outbox.errors import ConfigurationError
 from outbox.relay import metrics
 from outbox.relay.guard import RedisGuard
 from outbox.relay.publisher import fence_key, redis_server_settings
@@ -141,6 +142,19 @@ def test_strict_mode_starts_on_a_safe_redis(db_url, stream):
         assert_exactly_once(rds, stream, db_url, ids)
 
 
+def test_strict_mode_refuses_a_redis_it_cannot_check(db_url, stream, tmp_path):
+    with redis_with_args(tmp_path, "--rename-command", "CONFIG", "", "--rename-command", "INFO", "") as url:
+        settings = make_settings(db_url, url, stream, redis_strict=True)
+        proc = subprocess.run(
+            [__import__("sys").executable, "-m", "outbox.relay", "--once"],
+            env=relay_env(settings), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "configuration error" in ln]
+    assert len(lines) == 1 and "OUTBOX_REDIS_STRICT" in lines[0] and "could not verify" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_config_disabled_falls_back_to_info_then_says_once_it_cannot_check(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="outbox.relay")
     risks: list[str] = []
@@ -153,12 +167,18 @@ def test_config_disabled_falls_back_to_info_then_says_once_it_cannot_check(tmp_p
     caplog.clear()
     with redis_with_args(tmp_path, "--rename-command", "CONFIG", "", "--rename-command", "INFO", "") as url:
         client = redis.Redis.from_url(url)
-        guard = RedisGuard(lambda: redis_server_settings(client), strict=True, on_risk=lambda r: risks.append(r.code))
+        guard = RedisGuard(lambda: redis_server_settings(client), strict=False, on_risk=lambda r: risks.append(r.code))
         for _ in range(3):
             assert guard.check() == []
+        said = [r.getMessage() for r in caplog.records if "could not check Redis" in r.getMessage()]
+        assert len(said) == 1, said
+        # strict mode cannot vouch for settings it cannot read: it refuses, naming the variable
+        strict = RedisGuard(lambda: redis_server_settings(client), strict=True, on_risk=lambda r: risks.append(r.code))
+        with pytest.raises(ConfigurationError) as refused:
+            strict.check()
         client.close()
-    said = [r.getMessage() for r in caplog.records if "could not check Redis" in r.getMessage()]
-    assert len(said) == 1, said
+    assert "OUTBOX_REDIS_STRICT" in str(refused.value) and "could not verify" in str(refused.value)
+    assert "\n" not in str(refused.value)
 
 
 # ---- a Redis that lost its data -------------------------------------------------------------------
