@@ -66,7 +66,6 @@ def republish(
     if now is not None and until > now[0]:
         until = now[0]
     report = RepublishReport(since=since.isoformat(), until=until.isoformat(), dry_run=dry_run)
-    state = publisher.state()
     after: tuple[int, int] = (0, 0)
     while True:
         params = {"since": since, "until": until, "after_seq": after[0], "after_id": after[1], "limit": page}
@@ -77,26 +76,33 @@ def republish(
         after = (int(rows[-1][2]), int(rows[-1][0]))
         report.matched += len(rows)
         held = publisher.entries([r[3] for r in rows if r[3]])
-        gone: dict[int, str] = {}
+        missing: list[tuple[int, str, str | None]] = []  # (row id, event id, the stream id it is judged by)
         prev_sid: str | None = None
         for i, (row_id, event_id, _seq, sid) in enumerate(rows):
             if sid is not None:
                 if held.get(sid) == event_id:
                     report.on_stream += 1
-                elif lost(sid, state):
-                    gone[row_id] = event_id
                 else:
-                    report.trimmed += 1
+                    missing.append((row_id, event_id, sid))
                 prev_sid = sid
                 continue
             # No stream id (marked after a fence skip): look between its neighbours in position order.
             nxt = next((r[3] for r in rows[i + 1 :] if r[3]), None)
             if publisher.find_between([event_id], prev_sid or "-", nxt or "+"):
                 report.on_stream += 1
-            elif lost(prev_sid, state):
-                gone[row_id] = event_id
             else:
-                report.trimmed += 1
+                missing.append((row_id, event_id, prev_sid))
+        gone: dict[int, str] = {}
+        if missing:
+            # The stream's head, read after the page was looked up: a running relay trims as it publishes, and
+            # the head only moves forward, so an entry missing below the head read now was trimmed (whether
+            # before or during the look-up), not lost. A head read once up front would call those holes.
+            state = publisher.state()
+            for row_id, event_id, sid in missing:
+                if lost(sid, state):
+                    gone[row_id] = event_id
+                else:
+                    report.trimmed += 1
         if not gone:
             continue
         if dry_run:

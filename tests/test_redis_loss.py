@@ -11,17 +11,20 @@ import logging
 import re
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
 import redis
 
+from outbox import wire
 from outbox.embedded import RedisServer, _wait_port, free_port, redis_server_binary
 from outbox.errors import ConfigurationError
 from outbox.relay import metrics
 from outbox.relay.guard import RedisGuard
-from outbox.relay.publisher import fence_key, redis_server_settings
+from outbox.relay.publisher import RedisStreamPublisher, fence_key, redis_server_settings
+from outbox.relay.republish import republish as run_republish
 from tests.conftest import make_settings, relay_env, relay_thread, status_counts, wait_for
 from tests.test_cli_config import run_cli
 from tests.test_relay_faults import assert_exactly_once, pending_count, write_events
@@ -259,3 +262,36 @@ def test_fence_key_lost_is_reported_and_new_events_stay_exactly_once(db_url, str
         report = republish(db_url, server.url, stream, "--since", "2000-01-01")
         assert report["requeued"] == [] and report["on_stream"] == 400, report
     assert len(loss_lines(caplog)) == 1
+
+
+def test_republish_does_not_take_entries_trimmed_while_it_runs_for_lost(db_url, stream, redis_url, rds):
+    """A running relay trims the stream while a republish scans it: entries trimmed after the republish
+    started must not look like holes (they were queued again and published twice)."""
+    ids = set(write_events(db_url, 300))
+    settings = make_settings(db_url, redis_url, stream)
+    with relay_thread(settings):
+        wait_for(lambda: pending_count(db_url) == 0, timeout=30, what="published")
+    sids = [sid for sid, _ in rds.xrange(stream)]
+    assert len(sids) == 300
+    calls = 0
+
+    class TrimmedMeanwhile(RedisStreamPublisher):
+        def entries(self, stream_ids):  # type: ignore[no-untyped-def]
+            nonlocal calls
+            calls += 1
+            if calls == 2:  # between two pages: the relay's trimming drops the first 250 entries
+                rds.xtrim(stream, minid=sids[250], approximate=False)
+            return super().entries(stream_ids)
+
+    client = redis.Redis.from_url(redis_url)
+    publisher = TrimmedMeanwhile(client, stream, fence_key(stream, instance_id(db_url)), wire.FIELDS)
+    with psycopg.connect(db_url) as conn:
+        report = run_republish(conn, publisher, datetime(2000, 1, 1, tzinfo=UTC),
+                               datetime(2100, 1, 1, tzinfo=UTC), page=100)  # fmt: skip
+    client.close()
+    assert calls == 3
+    assert report.requeued == [] and report.in_open_batch == [], report
+    assert (report.on_stream, report.trimmed) == (150, 150), report
+    assert pending_count(db_url) == 0
+    assert rds.xlen(stream) == 50 and status_counts(db_url) == {"published": 300}
+    assert len(ids) == 300
