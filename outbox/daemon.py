@@ -81,6 +81,22 @@ class AliveGauge(Liveness):
         self.alive()
 
 
+def capture_early_signals() -> list[int]:
+    """From now until ``serve`` takes over, SIGTERM/SIGINT are remembered, not fatal; the list they go in.
+
+    ``python -m outbox.relay`` / ``outbox.worker`` call it before importing the daemon's code: a stop request
+    while that import runs must still end in a clean exit 0 (pass the list to ``main(early_signals=...)``).
+    """
+    received: list[int] = []
+
+    def remember(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+
+    signal.signal(signal.SIGTERM, remember)
+    signal.signal(signal.SIGINT, remember)
+    return received
+
+
 def config_error(exc: ConfigurationError) -> int:
     """Print a configuration error as one line; the exit code."""
     print(f"configuration error: {exc}", file=sys.stderr)

@@ -173,6 +173,39 @@ def test_missing_tables_exit_4_with_one_line(pg_admin_url: str, redis_url: str, 
     assert lines == ["outbox tables are missing: run `outbox migrate`"]
 
 
+# Runs ``python -m <module>`` the way the interpreter does, but sends itself SIGTERM at the moment the daemon's
+# code (``<module>.cli``) is first imported: a stop request that arrives while the process is still starting,
+# made deterministic. (A SIGTERM sent right after spawning lands before any Python code runs: no handler can
+# catch that one.)
+STOP_DURING_IMPORT = """
+import os, runpy, signal, sys
+
+module = sys.argv.pop(1)
+
+class StopOnImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == module + ".cli":
+            os.kill(os.getpid(), signal.SIGTERM)
+        return None
+
+sys.meta_path.insert(0, StopOnImport())
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("module", ["outbox.relay", "outbox.worker"])
+def test_stop_request_during_start_up_exits_0(db_url: str, redis_url: str, stream: str, module: str) -> None:
+    """SIGTERM while the daemon's code is still being imported: a clean exit 0, not death by the signal."""
+    if module == "outbox.relay":
+        env = relay_env(make_settings(db_url, redis_url, stream))
+    else:
+        env = worker_env(wsettings(db_url, redis_url, stream))
+    cmd = [sys.executable, "-c", STOP_DURING_IMPORT, module]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stop requested during start-up" in done.stderr
+
+
 def test_health_check_reads_the_alive_metric(settings: Settings) -> None:
     """``python -m outbox.daemon --health``: healthy while the relay's loop reports alive, not when it is gone."""
     with socket.socket() as s:

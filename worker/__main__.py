@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
-from outbox.worker.cli import main
+import sys
 
-raise SystemExit(main())
+from outbox.daemon import capture_early_signals
+
+_early = capture_early_signals()  # before the worker's code is imported: a stop request then still exits 0
+
+from outbox.worker.cli import main  # noqa: E402 - after the handlers on purpose
+
+sys.exit(main(early_signals=_early))

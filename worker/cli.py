@@ -28,6 +28,6 @@ def serve(settings: WorkerSettings, *, once: bool = False) -> int:
     return daemon_serve(PROGRAM, settings, once=once)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, early_signals: Sequence[int] = ()) -> int:
     """``python -m outbox.worker [--once]``: settings from ``OUTBOX_*`` / ``OUTBOX_WORKER_*`` variables."""
-    return daemon_main(PROGRAM, argv)
+    return daemon_main(PROGRAM, argv, early_signals)
