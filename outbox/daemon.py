@@ -208,7 +208,14 @@ def _health_main(argv: Sequence[str]) -> int:
     p.add_argument("--port", type=int, help="metrics port (default: OUTBOX_METRICS_PORT or OUTBOX_WORKER_METRICS_PORT)")
     p.add_argument("--max-age", type=float, default=60.0, help="seconds the main loop may stay silent")
     ns = p.parse_args(argv)
-    port = ns.port or int(os.environ.get("OUTBOX_METRICS_PORT") or os.environ.get("OUTBOX_WORKER_METRICS_PORT") or 0)
+    port = ns.port
+    for variable in ("OUTBOX_METRICS_PORT", "OUTBOX_WORKER_METRICS_PORT"):
+        if port or not os.environ.get(variable):
+            continue
+        value = os.environ[variable]
+        if not value.strip().isdigit() or not 0 < int(value) < 65536:
+            return config_error(ConfigurationError(variable, f"not a port number from 1 to 65535: {value!r}"))
+        port = int(value)
     if not port:
         print("unhealthy: no metrics port (set OUTBOX_METRICS_PORT or pass --port)", file=sys.stderr)
         return 1

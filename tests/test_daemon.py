@@ -231,3 +231,16 @@ def test_health_check_reads_the_alive_metric(settings: Settings) -> None:
     assert code == 0, err[-2000:]
     gone = check()
     assert gone.returncode == 1 and gone.stderr.startswith("unhealthy: metrics endpoint")
+
+
+@pytest.mark.parametrize("value", ["91o8", "70000"], ids=["not-a-number", "out-of-range"])
+def test_health_check_with_a_malformed_metrics_port_exits_2(value: str) -> None:
+    """``OUTBOX_METRICS_PORT`` that is not a port: one line naming the variable, exit code 2, no traceback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")} | {"OUTBOX_METRICS_PORT": value}
+    done = subprocess.run(
+        [sys.executable, "-m", "outbox.daemon", "--health"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.splitlines() == [
+        f"configuration error: OUTBOX_METRICS_PORT: not a port number from 1 to 65535: {value!r}"
+    ]
