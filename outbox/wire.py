@@ -168,11 +168,12 @@ class WireEvent:
     workflow_correlation_key: str
 
 
+def text_of(v: Any) -> str:
+    """A Redis reply value as text: bytes are decoded (UTF-8), anything else goes through ``str``."""
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
 def decode(stream_id: str | bytes, fields: dict[Any, Any]) -> WireEvent:
     """Parse a stream entry (bytes or str keys/values); missing fields become ``""``."""
-
-    def s(v: Any) -> str:
-        return v.decode() if isinstance(v, bytes) else str(v)
-
-    data = {s(k): s(v) for k, v in fields.items()}
-    return WireEvent(stream_id=s(stream_id), **{f: data.get(f, "") for f in FIELDS})
+    data = {text_of(k): text_of(v) for k, v in fields.items()}
+    return WireEvent(stream_id=text_of(stream_id), **{f: data.get(f, "") for f in FIELDS})

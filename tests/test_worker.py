@@ -455,6 +455,25 @@ def test_redis_6_2_claims_trimmed_entries_and_computes_lag(db_url, stream, monke
             r.close()
 
 
+def test_stream_status_is_the_same_through_a_bytes_client(ws, rds, redis_url, stream):
+    """``stream_status`` reads replies as text whether the client decodes them or not (ids, names, counts)."""
+    rds.xgroup_create(stream, ws.group, id="0", mkstream=True)
+    xadd_all(rds, stream, [entry("tenant-a", status_payload("tenant-a")) for _ in range(3)])
+    rds.xreadgroup(ws.group, "c1", {stream: ">"}, count=2)
+    raw = redis.Redis.from_url(redis_url)  # bytes replies
+    try:
+        as_bytes = stream_status(raw, ws)
+    finally:
+        raw.close()
+    as_text = stream_status(rds, ws)
+    for data in (as_bytes, as_text):
+        for c in data["consumers"]:
+            c.pop("idle_ms")  # grows between the two calls
+    assert as_bytes == as_text
+    assert as_text["pending"] == 2 and as_text["lag"] == 1 and as_text["consumers"][0]["name"] == "c1"
+    assert isinstance(as_text["pending_min_id"], str) and as_text["last_delivered_id"] == as_text["pending_max_id"]
+
+
 # ---- triggers ---------------------------------------------------------------------------------------------
 
 

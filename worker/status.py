@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
 import redis
 
+from outbox.wire import text_of
 from outbox.worker import sql
 from outbox.worker.runs import counts_by_status
 from outbox.worker.settings import WorkerSettings
@@ -14,8 +16,9 @@ from outbox.worker.settings import WorkerSettings
 LAG_COUNT_CAP = 1_000_000
 
 
-def _s(v: Any) -> Any:
-    return v.decode() if isinstance(v, bytes) else v
+def _texts(reply: Mapping[Any, Any]) -> dict[str, Any]:
+    """An XINFO reply with text keys, and text for the values sent as bytes (numbers and None stay as they are)."""
+    return {text_of(k): text_of(v) if isinstance(v, bytes) else v for k, v in reply.items()}
 
 
 def _id(v: str) -> tuple[int, int]:
@@ -32,7 +35,7 @@ def _count_after(r: redis.Redis, stream: str, after: str, cap: int = LAG_COUNT_C
         if not page:
             break
         n += len(page)
-        start = f"({_s(page[-1][0])}"
+        start = f"({text_of(page[-1][0])}"
     return min(n, cap), n >= cap
 
 
@@ -44,11 +47,11 @@ def stream_status(r: redis.Redis, settings: WorkerSettings) -> dict[str, Any]:
     if not out["stream_exists"]:
         out.update(group_exists=False, length=0, lag=None, pending=0, consumers=[])
         return out
-    info = {_s(k): _s(v) for k, v in r.xinfo_stream(s.stream).items() if k not in ("first-entry", "last-entry")}
+    info = _texts(r.xinfo_stream(s.stream))
     out["length"] = int(info.get("length", 0))
     last_generated = str(info.get("last-generated-id", "0-0"))
     out["last_generated_id"] = last_generated
-    groups = [{_s(k): _s(v) for k, v in g.items()} for g in r.xinfo_groups(s.stream)]
+    groups = [_texts(g) for g in r.xinfo_groups(s.stream)]
     group = next((g for g in groups if g.get("name") == s.group), None)
     if group is None:
         out.update(group_exists=False, lag=None, pending=0, consumers=[])
@@ -65,12 +68,12 @@ def stream_status(r: redis.Redis, settings: WorkerSettings) -> dict[str, Any]:
         out.update(lag=n, lag_source="computed", lag_capped=capped)
     summary = r.xpending(s.stream, s.group)
     out["pending"] = int(summary.get("pending", 0))
-    out["pending_min_id"] = _s(summary.get("min"))
-    out["pending_max_id"] = _s(summary.get("max"))
-    per = {_s(c["name"]): int(c["pending"]) for c in summary.get("consumers") or []}
+    out["pending_min_id"] = None if summary.get("min") is None else text_of(summary["min"])
+    out["pending_max_id"] = None if summary.get("max") is None else text_of(summary["max"])
+    per = {text_of(c["name"]): int(c["pending"]) for c in summary.get("consumers") or []}
     consumers = []
     for c in r.xinfo_consumers(s.stream, s.group):
-        name = _s(c["name"])
+        name = text_of(c["name"])
         consumers.append({"name": name, "pending": per.get(name, int(c.get("pending", 0))), "idle_ms": int(c["idle"])})
     out["consumers"] = sorted(consumers, key=lambda c: c["name"])
     return out
