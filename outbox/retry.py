@@ -1,5 +1,10 @@
 """Retry policy shared by the relay and the worker: the backoff delay, which failures are transient and which
-are configuration errors (never retried), and how an outage is logged (``Outage``)."""
+are configuration errors (never retried), and how an outage is logged (``Outage``).
+
+A refused login is a configuration error only until that server has let the process in once: the relay and the
+worker stop asking ``*_config_error`` after their first successful connection, so a password rotated or a
+pg_hba.conf reloaded on a running server is an outage, retried with backoff, not an exit 2 (which the systemd
+units' RestartPreventExitStatus=2 would make permanent)."""
 
 from __future__ import annotations
 

@@ -166,6 +166,7 @@ class Relay:
         self._pruned_at = 0.0
         self._last_busy = time.monotonic()
         self._db_outage = Outage("database", log)  # one line when an outage starts, one when it ends
+        self._db_reached = False  # Postgres let us in once: from then on a refused login is an outage
         self._db_failures = 0  # consecutive, for the backoff
         self._broker_outage = Outage("broker", log)
         quiet_pipeline_noise()
@@ -210,8 +211,10 @@ class Relay:
                     missing = missing_tables(exc)
                     if missing is not None:  # not an outage: retrying cannot help, the process exits (code 4)
                         raise missing from exc
-                    refused = postgres_config_error(exc)
-                    if refused is not None:  # wrong password, unknown role...: not an outage either (exit 2)
+                    # Wrong password, unknown role...: not an outage either (exit 2), until Postgres has let this
+                    # relay in once; after that it is a password rotated or pg_hba reloaded: an outage, retried.
+                    refused = None if self._db_reached else postgres_config_error(exc)
+                    if refused is not None:
                         raise refused from exc
                     self._on_db_error(exc)
         finally:
@@ -323,6 +326,7 @@ class Relay:
                 self.dsn, connect_timeout=5, application_name="outbox-relay", options=self._session_options(),
                 **_KEEPALIVE,
             )  # fmt: skip
+            self._db_reached = True
             self._recover = True
         return self._db
 
@@ -367,9 +371,12 @@ class Relay:
         log.info("relay %s is the leader (epoch %s)", self.me, self.epoch)
         self.liveness.state(f"leader (epoch {self.epoch})")
         if self._publisher is None or self._instance_id != instance:
+            reached = self._redis_reached()
             if self._publisher is not None:
                 self._publisher.close()
             self._publisher = self._publisher_factory(instance)
+            if reached and hasattr(self._publisher, "refuse_auth"):
+                self._publisher.refuse_auth = False  # the same server has let this relay in already
             self._instance_id = instance
         hwm = self._with_broker(lambda p: p.high_water())
         db.execute(sql.SYNC_SEQ, {"hwm": hwm, "epoch": self.epoch})
@@ -747,7 +754,14 @@ class Relay:
     def _redis_settings(self) -> dict[str, str]:
         if self._check_client is None:
             self._check_client = client_from_url(self.settings.require_redis())
-        return redis_server_settings(self._check_client)
+        return redis_server_settings(self._check_client, refuse_auth=not self._redis_reached())
+
+    def _redis_reached(self) -> bool:
+        """Whether Redis has let this relay in once (a settings check or a publisher command succeeded): from
+        then on a refused login is a password changed on a running server, an outage, not a configuration error."""
+        if self._guard is not None and self._guard.verified:
+            return True
+        return getattr(self._publisher, "refuse_auth", True) is False
 
     @staticmethod
     def _note_risk(risk: Risk) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import redis
 
 from outbox.errors import BrokerError
-from outbox.retry import redis_config_error, transient_redis
+from outbox.retry import redis_auth_failure, redis_config_error, transient_redis
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,14 +184,18 @@ def stream_id_key(sid: str) -> tuple[int, int]:
     return int(ms), int(n or 0)
 
 
-def classify(exc: Exception) -> BrokerError:
-    """Wrap a redis-py error as a ``BrokerError`` that says whether retrying can help. Raises
-    ``ConfigurationError`` (OUTBOX_REDIS_URL) instead when Redis refused the credentials: never retried."""
+def classify(exc: Exception, *, refuse_auth: bool = True) -> BrokerError:
+    """Wrap a redis-py error as a ``BrokerError`` that says whether retrying can help. With ``refuse_auth`` (until
+    the server has accepted us once) a refused login raises ``ConfigurationError`` (OUTBOX_REDIS_URL) instead,
+    never retried; afterwards it is a password changed on a running server: an outage, retried."""
     if isinstance(exc, BrokerError):
         return exc
-    refused = redis_config_error(exc)
-    if refused is not None:
-        raise refused from exc
+    if refuse_auth:
+        refused = redis_config_error(exc)
+        if refused is not None:
+            raise refused from exc
+    elif redis_auth_failure(exc):
+        return BrokerError(f"{type(exc).__name__}: {exc}", transient=True)
     return BrokerError(f"{type(exc).__name__}: {exc}", transient=transient_redis(exc))
 
 
@@ -220,6 +224,11 @@ class RedisStreamPublisher:
         self._trim_minid_age = trim_minid_age
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
+        #: A refused login is a configuration error until Redis has answered once, an outage afterwards.
+        self.refuse_auth = True
+
+    def _error(self, exc: Exception) -> BrokerError:
+        return classify(exc, refuse_auth=self.refuse_auth)
 
     @classmethod
     def from_url(
@@ -241,7 +250,8 @@ class RedisStreamPublisher:
         try:
             raw = self.client.get(self.fence)
         except redis.RedisError as exc:
-            raise classify(exc) from exc
+            raise self._error(exc) from exc
+        self.refuse_auth = False
         return int(raw) if raw else 0
 
     def publish(self, batch: Sequence[Outgoing]) -> PublishResult:
@@ -256,19 +266,20 @@ class RedisStreamPublisher:
         try:
             raw_ids, err, before, fresh = self._script(keys=[self.stream, self.fence, self.origin], args=args)
         except redis.RedisError as exc:
-            raise classify(exc) from exc
+            raise self._error(exc) from exc
+        self.refuse_auth = False
         ids: list[str | None] = [
             None if (i == 0 or i is None) else (i.decode() if isinstance(i, bytes) else str(i)) for i in raw_ids
         ]
         error = None
         if err:
             msg = err.decode() if isinstance(err, bytes) else str(err)
-            error = classify(redis.ResponseError(msg))
+            error = self._error(redis.ResponseError(msg))
         if self._wait_replicas and error is None:
             try:
                 acked = int(self.client.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms))
             except redis.RedisError as exc:
-                raise classify(exc) from exc
+                raise self._error(exc) from exc
             if acked < self._wait_replicas:
                 raise BrokerError(f"only {acked} of {self._wait_replicas} replicas acknowledged", transient=True)
         return PublishResult(ids, error, fence_before=int(before), stream_fresh=bool(fresh))
@@ -299,7 +310,7 @@ class RedisStreamPublisher:
                 last = page[-1][0]
                 upper = "(" + (last.decode() if isinstance(last, bytes) else str(last))
         except redis.RedisError as exc:
-            raise classify(exc) from exc
+            raise self._error(exc) from exc
         return found
 
     def state(self) -> StreamState:
@@ -310,15 +321,17 @@ class RedisStreamPublisher:
                 pipe.get(self.origin)
                 pipe.exists(self.stream)
                 fence, origin, exists = pipe.execute()
+            self.refuse_auth = False
             if not exists:
                 return StreamState(int(fence) if fence else None, False, origin=_text(origin) if origin else None)
             info = self.client.xinfo_stream(self.stream)
         except redis.ResponseError as exc:
             if "no such key" in str(exc).lower():  # deleted between the two calls
                 return StreamState(int(fence) if fence else None, False)
-            raise classify(exc) from exc
+            raise self._error(exc) from exc
         except redis.RedisError as exc:
-            raise classify(exc) from exc
+            raise self._error(exc) from exc
+        self.refuse_auth = False
         first = info.get("first-entry")
         return StreamState(
             fence=int(fence) if fence else None,
@@ -346,7 +359,7 @@ class RedisStreamPublisher:
                         if raw is not None:
                             found[sid] = _text(raw)
         except redis.RedisError as exc:
-            raise classify(exc) from exc
+            raise self._error(exc) from exc
         return found
 
     def find_between(self, event_ids: Collection[str], lo: str, hi: str, scan: int = 100_000) -> dict[str, str]:
@@ -368,26 +381,27 @@ class RedisStreamPublisher:
                 scan -= len(page)
                 low = "(" + _text(page[-1][0])
         except redis.RedisError as exc:
-            raise classify(exc) from exc
+            raise self._error(exc) from exc
         return found
 
     def server_settings(self) -> dict[str, str]:
         """Redis' eviction and persistence settings (see ``redis_server_settings``)."""
-        return redis_server_settings(self.client)
+        return redis_server_settings(self.client, refuse_auth=self.refuse_auth)
 
     def ping(self) -> None:
         """Raise ``BrokerError`` if Redis does not answer."""
         try:
             self.client.ping()
         except redis.RedisError as exc:
-            raise classify(exc) from exc
+            raise self._error(exc) from exc
+        self.refuse_auth = False
 
     def close(self) -> None:
         """Close the connection pool."""
         self.client.close()
 
 
-def redis_server_settings(client: redis.Redis) -> dict[str, str]:
+def redis_server_settings(client: redis.Redis, *, refuse_auth: bool = True) -> dict[str, str]:
     """``maxmemory-policy``, ``appendonly``, ``appendfsync`` and ``save`` from CONFIG GET, or, where CONFIG is
     disabled or renamed (managed Redis), ``maxmemory-policy`` and ``appendonly`` from INFO (no ``save``).
     ``BrokerError`` when neither answers."""
@@ -400,12 +414,12 @@ def redis_server_settings(client: redis.Redis) -> dict[str, str]:
     except redis.ResponseError:
         pass  # CONFIG disabled or renamed: INFO is usually still there
     except redis.RedisError as exc:
-        raise classify(exc) from exc
+        raise classify(exc, refuse_auth=refuse_auth) from exc
     try:
         info = client.info("memory")
         info.update(client.info("persistence"))
     except redis.RedisError as exc:
-        raise classify(exc) from exc
+        raise classify(exc, refuse_auth=refuse_auth) from exc
     out: dict[str, str] = {}
     if "maxmemory_policy" in info:
         out["maxmemory-policy"] = _text(info["maxmemory_policy"])

@@ -37,9 +37,17 @@ import psycopg
 import redis
 
 from outbox import schemas, wire
+from outbox.errors import ConfigurationError
 from outbox.liveness import Liveness
 from outbox.ops import missing_tables
-from outbox.retry import Outage, backoff_delay, postgres_config_error, redis_config_error, transient_redis
+from outbox.retry import (
+    Outage,
+    backoff_delay,
+    postgres_config_error,
+    redis_auth_failure,
+    redis_config_error,
+    transient_redis,
+)
 from outbox.schemas.registry import Registry
 from outbox.worker import sql
 from outbox.worker.ingest import PoisonEntry, Resolution, Resolver, Row, build_row, columns, event_key
@@ -186,6 +194,9 @@ class Worker:
         self._redis_failures = 0
         self._db_outage = Outage("database", log)  # one line when an outage starts, one when it ends
         self._redis_outage = Outage("redis", log)
+        # Each server let us in once: from then on a refused login is an outage (a password rotated, pg_hba
+        # reloaded), not a configuration error.
+        self._db_reached = self._redis_reached = False
         self._group_losses = 0  # consecutive, for the backoff
         self._scan_deleted = False
         self._pause = settings.pause()
@@ -261,6 +272,7 @@ class Worker:
     def _connect(self) -> psycopg.Connection[Any]:
         if self._db is None or self._db.closed or self._db.broken:
             self._db = psycopg.connect(self.dsn, connect_timeout=5, application_name="outbox-worker")
+            self._db_reached = True
         return self._db
 
     def _backoff(self, attempt: int) -> None:
@@ -272,16 +284,19 @@ class Worker:
             try:
                 value = fn()
             except redis.RedisError as exc:
-                refused = redis_config_error(exc)
-                if refused is not None:  # wrong password: not an outage, the process exits (code 2)
+                # Wrong password: not an outage, the process exits (code 2), until Redis has let this worker in
+                # once; after that it is a password changed on a running server: an outage, retried.
+                refused = None if self._redis_reached else redis_config_error(exc)
+                if refused is not None:
                     raise refused from exc
                 if group_lost(exc):
                     self._recreate_group(exc)
                     continue
-                if not transient_redis(exc):
+                if not (transient_redis(exc) or redis_auth_failure(exc)):
                     raise
                 self._redis_trouble(exc)
             else:
+                self._redis_reached = True
                 self._redis_failures = 0
                 self._redis_outage.ok()
                 self._group_losses = 0
@@ -557,7 +572,7 @@ class Worker:
             db.execute(_TABLES_PROBE)
             db.rollback()
         except psycopg.Error as exc:
-            missing = missing_tables(exc) or postgres_config_error(exc)
+            missing = missing_tables(exc) or self._refused(exc)
             if missing is not None:
                 raise missing from exc
             if self._db is not None:
@@ -565,8 +580,12 @@ class Worker:
                     self._db.close()
                 self._db = None
 
+    def _refused(self, exc: psycopg.Error) -> ConfigurationError | None:
+        """A refused login as a configuration error, until Postgres has let this worker in once."""
+        return None if self._db_reached else postgres_config_error(exc)
+
     def _on_db_error(self, exc: psycopg.Error) -> None:
-        missing = missing_tables(exc) or postgres_config_error(exc)
+        missing = missing_tables(exc) or self._refused(exc)
         if missing is not None:  # not an outage: the entries in hand stay pending; the process exits (code 4 or 2)
             raise missing from exc
         self.stats.db_errors += 1
