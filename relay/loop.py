@@ -178,6 +178,7 @@ class Relay:
         self._check_client: Any = None
         self._checked_at: float | None = None
         self._check_failed_said = False
+        self._waited_for_redis = False  # the last step only waited for Redis' settings to be checked (strict)
         if settings.redis_url is not None:
             self._guard = RedisGuard(self._redis_settings, strict=settings.redis_strict, on_risk=self._note_risk)
 
@@ -201,8 +202,9 @@ class Relay:
                 try:
                     if not self._step(until_idle):
                         break
-                    self._db_outage.ok()  # a whole step worked: an outage ends after `settle` s of these
-                    self._broker_outage.ok()
+                    if not self._waited_for_redis:  # a step that only waited proves nothing about the servers
+                        self._db_outage.ok()  # a whole step worked: an outage ends after `settle` s of these
+                        self._broker_outage.ok()
                 except _Stop:
                     break
                 except _LostLease:
@@ -274,7 +276,8 @@ class Relay:
 
     def _step(self, until_idle: bool) -> bool:
         self.liveness.alive()
-        if not self._check_redis():
+        self._waited_for_redis = not self._check_redis()
+        if self._waited_for_redis:
             return True  # strict mode: nothing happens before Redis' settings have been checked
         db = self._connect()
         if self._mark_fut is not None and self._mark_fut.done():

@@ -19,6 +19,7 @@ from outbox.embedded import RedisServer, _wait_port, free_port, redis_server_bin
 from outbox.relay import Relay
 from outbox.relay.loss import Loss
 from outbox.relay.publisher import RedisStreamPublisher, fence_key
+from outbox.retry import Outage
 from tests.conftest import make_settings, relay_thread, wait_for
 from tests.test_relay_faults import assert_exactly_once, pending_count, write_events
 from tests.test_worker import count, entry, worker_thread, wsettings, xadd_all
@@ -154,3 +155,32 @@ def test_worker_survives_a_password_rotation(db_url, stream, caplog):
         wait_for(lambda: count(db_url, "workflow_runtime_events") == 2, what="ingested after the password is back")
     starts = [r.getMessage() for r in caplog.records if "redis unavailable" in r.getMessage()]
     assert len(starts) == 1, starts  # the killed connection starts it; the refused logins are part of it
+
+
+def test_no_reachable_again_line_while_strict_mode_waits_for_redis(db_url, stream, caplog):
+    """In strict mode a step that only waited for Redis' settings to be checked did no work: it must not end an
+    outage ("reachable again") while Redis is still down."""
+    caplog.set_level(logging.INFO, logger="outbox.relay")
+    settings = make_settings(db_url, f"redis://127.0.0.1:{free_port()}/0", stream, redis_strict=True)
+    relay = Relay(settings)
+    log = logging.getLogger("outbox.relay")
+    relay._broker_outage = Outage("broker", log, settle=0)  # an outage under way, ended by the first ok()
+    relay._db_outage = Outage("database", log, settle=0)
+    relay._broker_outage.error("Redis went away")
+    relay._db_outage.error("Postgres went away")
+    errors: list[BaseException] = []
+    t = threading.Thread(target=lambda: errors.extend(_run(relay)), daemon=True)
+    t.start()
+    wait_for(lambda: any("could not check Redis" in r.getMessage() for r in caplog.records), what="a failed check")
+    relay.stop()
+    t.join(15)
+    assert not t.is_alive() and not errors, errors
+    assert not [r.getMessage() for r in caplog.records if "reachable again" in r.getMessage()]
+
+
+def _run(relay: Relay) -> list[BaseException]:
+    try:
+        relay.run()
+    except BaseException as exc:
+        return [exc]
+    return []
