@@ -90,11 +90,6 @@ class Outage:
         self._since: float | None = None
         self._ok_since: float | None = None
 
-    @property
-    def active(self) -> bool:
-        """Whether an outage has started and not ended."""
-        return self._since is not None
-
     def error(self, detail: object, *, note: str = "retrying with backoff") -> None:
         """Count an error; the first one of an outage logs the start line."""
         self.errors += 1

@@ -28,7 +28,7 @@ _FIX = "set appendonly yes, appendfsync always"
 
 
 def assess(config: dict[str, str]) -> list[Risk]:
-    """The risks in Redis settings as returned by ``RedisStreamPublisher.server_settings`` (absent keys: unknown)."""
+    """The risks in Redis settings as read by ``publisher.redis_server_settings`` (absent keys: unknown)."""
     risks: list[Risk] = []
     policy = config.get("maxmemory-policy", "")
     if policy.startswith("allkeys-"):

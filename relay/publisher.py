@@ -11,6 +11,7 @@ import redis
 
 from outbox.errors import BrokerError
 from outbox.retry import redis_auth_failure, redis_config_error, transient_redis
+from outbox.wire import text_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,10 +175,6 @@ def origin_key(fence: str) -> str:
     return fence + ":origin"
 
 
-def _text(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def stream_id_key(sid: str) -> tuple[int, int]:
     """A stream id as a sortable pair (``"1700000000000-3"`` -> ``(1700000000000, 3)``)."""
     ms, _, n = sid.partition("-")
@@ -323,7 +320,7 @@ class RedisStreamPublisher:
                 fence, origin, exists = pipe.execute()
             self.refuse_auth = False
             if not exists:
-                return StreamState(int(fence) if fence else None, False, origin=_text(origin) if origin else None)
+                return StreamState(int(fence) if fence else None, False, origin=text_of(origin) if origin else None)
             info = self.client.xinfo_stream(self.stream)
         except redis.ResponseError as exc:
             if "no such key" in str(exc).lower():  # deleted between the two calls
@@ -337,9 +334,9 @@ class RedisStreamPublisher:
             fence=int(fence) if fence else None,
             exists=True,
             length=int(info.get("length", 0)),
-            first_id=_text(first[0]) if first else None,
-            last_id=_text(info.get("last-generated-id", "0-0")),
-            origin=_text(origin) if origin else None,
+            first_id=text_of(first[0]) if first else None,
+            last_id=text_of(info.get("last-generated-id", "0-0")),
+            origin=text_of(origin) if origin else None,
         )
 
     def entries(self, stream_ids: Sequence[str]) -> dict[str, str]:
@@ -357,7 +354,7 @@ class RedisStreamPublisher:
                         fields = reply[0][1] or {}
                         raw = fields.get(b"event_id", fields.get("event_id"))
                         if raw is not None:
-                            found[sid] = _text(raw)
+                            found[sid] = text_of(raw)
         except redis.RedisError as exc:
             raise self._error(exc) from exc
         return found
@@ -374,27 +371,15 @@ class RedisStreamPublisher:
                     break
                 for sid, fields in page:
                     raw = (fields or {}).get(b"event_id", (fields or {}).get("event_id"))
-                    eid = _text(raw) if raw is not None else None
+                    eid = text_of(raw) if raw is not None else None
                     if eid in want:
                         want.discard(eid)
-                        found[eid] = _text(sid)
+                        found[eid] = text_of(sid)
                 scan -= len(page)
-                low = "(" + _text(page[-1][0])
+                low = "(" + text_of(page[-1][0])
         except redis.RedisError as exc:
             raise self._error(exc) from exc
         return found
-
-    def server_settings(self) -> dict[str, str]:
-        """Redis' eviction and persistence settings (see ``redis_server_settings``)."""
-        return redis_server_settings(self.client, refuse_auth=self.refuse_auth)
-
-    def ping(self) -> None:
-        """Raise ``BrokerError`` if Redis does not answer."""
-        try:
-            self.client.ping()
-        except redis.RedisError as exc:
-            raise self._error(exc) from exc
-        self.refuse_auth = False
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -408,7 +393,7 @@ def redis_server_settings(client: redis.Redis, *, refuse_auth: bool = True) -> d
     try:
         got: dict[str, str] = {}
         for name in ("maxmemory-policy", "appendonly", "appendfsync", "save"):
-            got.update({_text(k): _text(v) for k, v in client.config_get(name).items()})
+            got.update({text_of(k): text_of(v) for k, v in client.config_get(name).items()})
         if "maxmemory-policy" in got:
             return got
     except redis.ResponseError:
@@ -422,7 +407,7 @@ def redis_server_settings(client: redis.Redis, *, refuse_auth: bool = True) -> d
         raise classify(exc, refuse_auth=refuse_auth) from exc
     out: dict[str, str] = {}
     if "maxmemory_policy" in info:
-        out["maxmemory-policy"] = _text(info["maxmemory_policy"])
+        out["maxmemory-policy"] = text_of(info["maxmemory_policy"])
     if "aof_enabled" in info:
         out["appendonly"] = "yes" if int(info["aof_enabled"]) else "no"
     if not out:

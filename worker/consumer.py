@@ -117,10 +117,6 @@ class _Stop(Exception):
     """Internal: stop requested while an outage kept the batch in hand from committing."""
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
-
-
 def _entries(resp: Any) -> list[Any]:
     """The entries of an XREADGROUP reply for one stream (RESP2 list or RESP3 map)."""
     if not resp:
@@ -347,7 +343,10 @@ class Worker:
                 )  # fmt: skip
 
     def _gc_consumers(self, min_idle_ms: int, only: str) -> list[str]:
-        gone = [_s(n) for n in self._gc(keys=[self.settings.stream], args=[self.settings.group, min_idle_ms, only])]
+        gone = [
+            wire.text_of(n)
+            for n in self._gc(keys=[self.settings.stream], args=[self.settings.group, min_idle_ms, only])
+        ]
         if gone and not only:
             log.info("deleted %d idle consumer(s) with nothing pending: %s", len(gone), ", ".join(gone[:10]))
         return gone
@@ -369,7 +368,7 @@ class Worker:
         entries = _entries(resp)
         if entries:
             self.stats.read += len(entries)
-            self._handle([_Item(_s(sid), f or {}, 1) for sid, f in entries])
+            self._handle([_Item(wire.text_of(sid), f or {}, 1) for sid, f in entries])
             return True
         return busy
 
@@ -386,7 +385,7 @@ class Worker:
             items = self._with_deliveries(entries)
             log.info("re-processing %d entr(ies) left pending under %s", len(items), self.consumer)
             self._handle_claimed(items)
-            start = _s(entries[-1][0])
+            start = wire.text_of(entries[-1][0])
 
     def _claim(self) -> bool:
         """One XAUTOCLAIM page of entries idle longer than ``claim_idle`` (dead consumers, failed entries)."""
@@ -396,7 +395,7 @@ class Worker:
             s.stream, s.group, self.consumer, min_idle_time=int(s.claim_idle * 1000),
             start_id=self._claim_cursor, count=s.batch_size,
         )  # fmt: skip
-        cursor, entries = _s(resp[0]), resp[1]
+        cursor, entries = wire.text_of(resp[0]), resp[1]
         self._claim_cursor = cursor
         if cursor == "0-0":
             self._next_claim = time.monotonic() + s.claim_interval  # sweep complete
@@ -404,7 +403,7 @@ class Worker:
         if len(live) < len(entries):
             self._scan_deleted = True  # Redis < 7: deleted entries come back as nil, ids unknown
         if self._scan_deleted:
-            self._ack_deleted({_s(sid) for sid, _ in live})
+            self._ack_deleted({wire.text_of(sid) for sid, _ in live})
         if not live:
             return False
         self.stats.claimed += len(live)
@@ -423,7 +422,7 @@ class Worker:
         items = []
         for (sid, f), pend in zip(entries, counts, strict=True):
             n = int(pend[0]["times_delivered"]) if pend else 1
-            items.append(_Item(_s(sid), f or {}, n))
+            items.append(_Item(wire.text_of(sid), f or {}, n))
         return items
 
     def _ack_deleted(self, keep: set[str]) -> None:
@@ -431,7 +430,7 @@ class Worker:
         s = self.settings
         r = self._r()
         pend = r.xpending_range(s.stream, s.group, min="-", max="+", count=1000, consumername=self.consumer)
-        ids = [_s(p["message_id"]) for p in pend if _s(p["message_id"]) not in keep]
+        ids = [wire.text_of(p["message_id"]) for p in pend if wire.text_of(p["message_id"]) not in keep]
         if ids:
             pipe = r.pipeline(transaction=False)
             for i in ids:
