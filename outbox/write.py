@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import Enum
 from functools import cache
-from typing import TYPE_CHECKING, Any, Literal, LiteralString
+from typing import TYPE_CHECKING, Any, Literal, LiteralString, TypedDict, Unpack
 
 import uuid_utils.compat as uuid_utils
 from pydantic import BaseModel
@@ -268,6 +268,21 @@ def _fill_actor(event_type: str, data: dict[str, Any], actor: Actor | str | uuid
             raise InvalidArgument(event_type, key, f"payload has {have!r} but actor gives {val!r}")
 
 
+class RecordOptions(TypedDict, total=False):
+    """The keyword options of ``record``/``arecord`` (and their ``_typed`` forms), as ``prepare`` takes them."""
+
+    tenant_id: str | uuid.UUID | None
+    actor: Actor | str | uuid.UUID | None
+    aggregate: str | None
+    correlation: str | None
+    execution_id: str | None
+    event_name: str | None
+    from_state: str | None
+    to_state: str | None
+    event_id: uuid.UUID | str | None
+    occurred_at: datetime | None
+
+
 def prepare(
     event_type: str,
     payload: Mapping[str, Any] | BaseModel,
@@ -514,37 +529,10 @@ async def _arun(conn: Any, write: Write) -> Any:
 
 
 def record(
-    conn: Any,
-    event_type: str,
-    payload: Mapping[str, Any] | BaseModel,
-    *,
-    tenant_id: str | uuid.UUID | None = None,
-    actor: Actor | str | uuid.UUID | None = None,
-    aggregate: str | None = None,
-    correlation: str | None = None,
-    execution_id: str | None = None,
-    event_name: str | None = None,
-    from_state: str | None = None,
-    to_state: str | None = None,
-    event_id: uuid.UUID | str | None = None,
-    occurred_at: datetime | None = None,
+    conn: Any, event_type: str, payload: Mapping[str, Any] | BaseModel, **options: Unpack[RecordOptions]
 ) -> uuid.UUID:
     """Write one event in the caller's transaction and return its event id. Validates first; never commits."""
-    params = prepare(
-        event_type,
-        payload,
-        tenant_id=tenant_id,
-        actor=actor,
-        aggregate=aggregate,
-        correlation=correlation,
-        execution_id=execution_id,
-        event_name=event_name,
-        from_state=from_state,
-        to_state=to_state,
-        event_id=event_id,
-        occurred_at=occurred_at,
-    )
-    return _run(conn, _write_one(params))
+    return _run(conn, _write_one(prepare(event_type, payload, **options)))
 
 
 def record_many(conn: Any, events: Sequence[Event]) -> list[uuid.UUID]:
@@ -555,37 +543,10 @@ def record_many(conn: Any, events: Sequence[Event]) -> list[uuid.UUID]:
 
 
 async def arecord(
-    conn: Any,
-    event_type: str,
-    payload: Mapping[str, Any] | BaseModel,
-    *,
-    tenant_id: str | uuid.UUID | None = None,
-    actor: Actor | str | uuid.UUID | None = None,
-    aggregate: str | None = None,
-    correlation: str | None = None,
-    execution_id: str | None = None,
-    event_name: str | None = None,
-    from_state: str | None = None,
-    to_state: str | None = None,
-    event_id: uuid.UUID | str | None = None,
-    occurred_at: datetime | None = None,
+    conn: Any, event_type: str, payload: Mapping[str, Any] | BaseModel, **options: Unpack[RecordOptions]
 ) -> uuid.UUID:
     """Async ``record``: one event in the caller's transaction. Never commits."""
-    params = prepare(
-        event_type,
-        payload,
-        tenant_id=tenant_id,
-        actor=actor,
-        aggregate=aggregate,
-        correlation=correlation,
-        execution_id=execution_id,
-        event_name=event_name,
-        from_state=from_state,
-        to_state=to_state,
-        event_id=event_id,
-        occurred_at=occurred_at,
-    )
-    return await _arun(conn, _write_one(params))
+    return await _arun(conn, _write_one(prepare(event_type, payload, **options)))
 
 
 async def arecord_many(conn: Any, events: Sequence[Event]) -> list[uuid.UUID]:
@@ -596,14 +557,14 @@ async def arecord_many(conn: Any, events: Sequence[Event]) -> list[uuid.UUID]:
     return await _arun(conn, write)
 
 
-def record_typed(conn: Any, payload: BaseModel, **kwargs: Any) -> uuid.UUID:
+def record_typed(conn: Any, payload: BaseModel, **options: Unpack[RecordOptions]) -> uuid.UUID:
     """``record`` a payload model instance; the event type comes from the model's registry entry."""
-    return record(conn, event_type_of(payload), payload, **kwargs)
+    return record(conn, event_type_of(payload), payload, **options)
 
 
-async def arecord_typed(conn: Any, payload: BaseModel, **kwargs: Any) -> uuid.UUID:
+async def arecord_typed(conn: Any, payload: BaseModel, **options: Unpack[RecordOptions]) -> uuid.UUID:
     """Async ``record_typed``."""
-    return await arecord(conn, event_type_of(payload), payload, **kwargs)
+    return await arecord(conn, event_type_of(payload), payload, **options)
 
 
 @cache
