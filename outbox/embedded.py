@@ -18,6 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
@@ -196,11 +197,16 @@ class PostgresServer:
     Runs as the current user, or, when that is root (which Postgres refuses), as the ``postgres`` system
     user (else ``nobody``). The temp dir is created outside the current directory and owned by that
     user, so it works from a directory only root can enter. Can be stopped, killed and restarted on the
-    same data directory.
+    same data directory. ``settings`` are extra server settings (``{"wal_level": "logical"}``), passed as
+    ``-c name=value`` after the defaults (so they win) at every start.
     """
 
-    def __init__(self, *, port: int | None = None) -> None:
+    def __init__(self, *, port: int | None = None, settings: Mapping[str, str] | None = None) -> None:
         self.port = port or free_port()
+        self.settings = dict(settings or {})
+        for name in self.settings:
+            if not name or "=" in name or name.startswith("-"):
+                raise ValueError(f"not a server setting name: {name!r}")
         self.bin = postgres_bin_dir()
         user = _unprivileged_user()
         self._uid: int | None = user[0] if user else None
@@ -269,7 +275,7 @@ class PostgresServer:
             try:
                 self.proc = subprocess.Popen(
                     [str(self.bin / "postgres"), "-D", self.data, "-p", str(self.port), "-h", "127.0.0.1",
-                     "-k", self._tmp, "-c", "fsync=off", "-c", "max_connections=200"],
+                     "-k", self._tmp, "-c", "fsync=off", "-c", "max_connections=200", *self._setting_args()],
                     stdout=log, stderr=subprocess.STDOUT, cwd=self._tmp,
                     user=self._uid, group=self._gid, extra_groups=self._groups,
                 )  # fmt: skip
@@ -282,6 +288,9 @@ class PostgresServer:
             self._halt()
             raise EmbeddedServerError(f"Postgres did not start: {exc}{_log_tail(self.log)}") from None
         return self
+
+    def _setting_args(self) -> list[str]:
+        return [arg for name, value in self.settings.items() for arg in ("-c", f"{name}={value}")]
 
     def _wait_ready(self) -> None:
         import psycopg
