@@ -450,6 +450,7 @@ class Relay:
         params = {"limit": self.settings.batch_size, "epoch": self.epoch, "ttl": self.settings.lease_ttl,
                   "exclude": exclude}  # fmt: skip
         with db.pipeline():
+            db.execute(sql.CLAIM_PLAN)  # the plan must not depend on statistics (see relay/sql.py)
             cur = db.execute(sql.CLAIM, params)
             db.commit()
         rows = [_Row(*r) for r in cur.fetchall()]

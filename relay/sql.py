@@ -60,7 +60,7 @@ _COLUMNS: LiteralString = (
 # batch being published while the next is claimed ahead, and batches whose mark has not committed yet
 # (see Relay._claim_ahead and Relay._submit_mark).
 #   Plan: Limit -> Index Scan using outbox_events_pending_idx (exact predicate, id order); the
-#   relay row by its primary key.
+#   relay row by its primary key. CLAIM_PLAN (below) runs first in the same transaction to hold it there.
 CLAIM: LiteralString = (
     """
 WITH picked AS MATERIALIZED (
@@ -85,6 +85,21 @@ SELECT (SELECT id FROM batch), bump.base + row_number() OVER (ORDER BY p.id), p.
 FROM picked p, bump
 ORDER BY p.id
 """
+)
+
+# Run (in the claim's pipeline, no extra round trip) before CLAIM: the claim's plan must not depend on
+# statistics. The normal backlog is one nobody has analysed yet: writers kept committing during a relay
+# outage, and autovacuum's analyze comes minutes later, if at all before the backlog is gone. On such a
+# table the planner estimates a few hundred pending rows, picks a Bitmap Heap Scan of *every* pending row
+# plus a top-N sort, and a 1,000-row claim on a 50k backlog costs ~160 ms instead of ~10 ms (the relay
+# drained 5k instead of 25k events/s). Stale statistics fail the other way too (analysed while everything
+# was pending: seq scan + sort). With bitmap scans, seq scans and sorts priced out for this transaction
+# only, the index-ordered LIMIT scan of the partial pending index is the one plan left; it reads exactly
+# the rows it returns whatever the statistics say. JIT goes off with them: the price-out (disable_cost)
+# pushes the estimate past jit_above_cost, and JIT-compiling the claim costs ~300 ms per call.
+CLAIM_PLAN: LiteralString = (
+    "SELECT set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true), "
+    "set_config('enable_sort', 'off', true), set_config('jit', 'off', true)"
 )
 
 # What Postgres knows was appended (loss detection, relay/loss.py): the highest position among the most
