@@ -22,6 +22,7 @@ from outbox.liveness import Liveness
 from outbox.ops import missing_tables
 from outbox.relay import metrics, sql
 from outbox.relay.guard import RISK_CODES, RedisGuard, Risk
+from outbox.relay.lease import Lease, LostLease
 from outbox.relay.loss import Loss, LossWatch
 from outbox.relay.publisher import (
     Outgoing,
@@ -100,10 +101,6 @@ class _Stop(Exception):
     """Internal: stop requested while a batch was in flight (its rows stay reserved)."""
 
 
-class _LostLease(Exception):
-    """Internal: another relay took over."""
-
-
 class Relay:
     """One relay process. ``run()`` until ``stop()``; several processes elect one leader through a lease."""
 
@@ -140,7 +137,7 @@ class Relay:
         self._listen: psycopg.Connection[Any] | None = None
         self._publisher: Publisher | None = None
         self._instance_id: str | None = None
-        self.epoch: int | None = None
+        self.lease = Lease("default", self.me, settings.lease_ttl)
         self._recover = True
         # Marks are written by one marker thread on its own connection, in parallel with the next claim
         # (a mark UPDATE of a full batch costs Postgres about as much as the claim itself). Until a
@@ -162,7 +159,6 @@ class Relay:
         self._ahead_db: psycopg.Connection[Any] | None = None
         self._prefetch: Future[list[_Row]] | None = None
         self._idle = False
-        self._renewed_at = 0.0
         self._pruned_at = 0.0
         self._last_busy = time.monotonic()
         self._db_outage = Outage("database", log)  # one line when an outage starts, one when it ends
@@ -181,6 +177,15 @@ class Relay:
         self._waited_for_redis = False  # the last step only waited for Redis' settings to be checked (strict)
         if settings.redis_url is not None:
             self._guard = RedisGuard(self._redis_settings, strict=settings.redis_strict, on_risk=self._note_risk)
+
+    @property
+    def epoch(self) -> int | None:
+        """The leader term this relay holds, or None (standby)."""
+        return self.lease.epoch
+
+    @epoch.setter
+    def epoch(self, value: int | None) -> None:
+        self.lease.epoch = value
 
     # ---- lifecycle ---------------------------------------------------------------------------------
 
@@ -207,7 +212,7 @@ class Relay:
                         self._broker_outage.ok()
                 except _Stop:
                     break
-                except _LostLease:
+                except LostLease:
                     self._lose_lease("another relay holds the lease")
                 except psycopg.Error as exc:
                     missing = missing_tables(exc)
@@ -253,13 +258,11 @@ class Relay:
         self._ahead_db = self._mark_db = None
         if self.epoch is not None and self._db is not None and not self._db.closed:
             try:
-                self._db.rollback()
-                self._db.execute(sql.RELEASE, {"epoch": self.epoch})
-                self._db.commit()
+                self.lease.release(self._db)
                 log.info("relay %s released the lease (epoch %s)", self.me, self.epoch)
             except psycopg.Error:
                 pass
-        self.epoch = None
+        self.lease.epoch = None
         metrics.LEADER.set(0)
         for conn in (self._db, self._listen):
             if conn is not None:
@@ -289,7 +292,7 @@ class Relay:
             self.liveness.wait(self._stop, self.settings.lease_ttl / 3)
             return True
         now = time.monotonic()
-        if now - self._renewed_at > self.settings.lease_ttl / 3:
+        if self.lease.due():
             self._renew(db, idle=self._idle)
         if now - self._pruned_at > self.settings.prune_interval:
             self._prune(db)
@@ -362,13 +365,10 @@ class Relay:
     # ---- leadership --------------------------------------------------------------------------------
 
     def _acquire(self, db: psycopg.Connection[Any]) -> bool:
-        db.execute(sql.ENSURE_ROW)
-        row = db.execute(sql.ACQUIRE, {"me": self.me, "ttl": self.settings.lease_ttl}).fetchone()
-        db.commit()
-        if row is None:
+        got = self.lease.acquire(db)
+        if got is None:
             return False
-        self.epoch, _last_seq, instance = int(row[0]), int(row[1]), str(row[2])
-        self._renewed_at = time.monotonic()
+        self.epoch, _last_seq, instance = got
         self.stats.leader_epochs.append(self.epoch)
         metrics.LEADER.set(1)
         log.info("relay %s is the leader (epoch %s)", self.me, self.epoch)
@@ -395,22 +395,13 @@ class Relay:
         return True
 
     def _renew(self, db: psycopg.Connection[Any], *, idle: bool) -> None:
-        notify_for = 3 * self.settings.idle_poll_interval + self.settings.lease_ttl
-        with db.pipeline():
-            cur = db.execute(
-                sql.RENEW, {"ttl": self.settings.lease_ttl, "idle": idle, "notify_for": notify_for, "epoch": self.epoch}
-            )
-            db.commit()
-        row = cur.fetchone()
-        if row is None:
-            raise _LostLease()
-        self._renewed_at = time.monotonic()
+        self.lease.renew(db, idle=idle, notify_for=3 * self.settings.idle_poll_interval + self.settings.lease_ttl)
 
     def _lose_lease(self, why: str) -> None:
         self._drop_prefetch()
         if self.epoch is not None:
             log.warning("relay %s lost the lease (epoch %s): %s; standing by", self.me, self.epoch, why)
-        self.epoch = None
+        self.lease.epoch = None
         self._idle = False
         metrics.LEADER.set(0)
 
@@ -456,7 +447,7 @@ class Relay:
         rows = [_Row(*r) for r in cur.fetchall()]
         self._db_failures = 0
         if rows:
-            self._renewed_at = time.monotonic()
+            self.lease.touched()  # the claim extended the lease
         return rows
 
     def _claim_ahead(self, exclude: list[int]) -> list[_Row]:
@@ -730,7 +721,7 @@ class Relay:
             if self._stop.is_set():
                 raise _Stop()
             self._backoff_sleep(attempt)
-            if self._db is not None and time.monotonic() - self._renewed_at > self.settings.lease_ttl / 3:
+            if self._db is not None and self.lease.due():
                 self._renew(self._db, idle=False)  # keep the lease through a broker outage
         self._broker_outage.ok()
 
@@ -747,7 +738,7 @@ class Relay:
                 if self._stop.is_set():
                     raise _Stop() from None
                 self._backoff_sleep(attempt)
-                if self._db is not None and time.monotonic() - self._renewed_at > self.settings.lease_ttl / 3:
+                if self._db is not None and self.lease.due():
                     self._renew(self._db, idle=False)
                 continue
             self._broker_outage.ok()
@@ -853,7 +844,7 @@ class Relay:
         woke = False
         for _ in self._listen.notifies(timeout=s.idle_poll_interval, stop_after=1):
             woke = True
-        if not woke and time.monotonic() - self._renewed_at > s.idle_poll_interval:
+        if not woke and self.lease.due(s.idle_poll_interval):
             self._renew(db, idle=True)  # keep notify_until ahead of now while idle
 
     def _ensure_listen(self) -> None:

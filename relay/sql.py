@@ -4,32 +4,6 @@ from __future__ import annotations
 
 from typing import LiteralString
 
-ENSURE_ROW: LiteralString = "INSERT INTO outbox_relay (name) VALUES ('default') ON CONFLICT (name) DO NOTHING"
-
-# Take the lease when it is free or expired. The epoch bump is the fencing token: every later claim
-# checks it in the same statement, so a relay that lost its lease (paused, partitioned) can no
-# longer reserve rows once a successor has taken over.
-ACQUIRE: LiteralString = """
-UPDATE outbox_relay
-SET epoch = epoch + 1, leader = %(me)s, leader_since = clock_timestamp(),
-    lease_until = clock_timestamp() + make_interval(secs => %(ttl)s), notify_until = NULL
-WHERE name = 'default' AND (lease_until IS NULL OR lease_until < clock_timestamp())
-RETURNING epoch, last_seq, instance_id
-"""
-
-RENEW: LiteralString = """
-UPDATE outbox_relay
-SET lease_until = clock_timestamp() + make_interval(secs => %(ttl)s),
-    notify_until = CASE WHEN %(idle)s THEN clock_timestamp() + make_interval(secs => %(notify_for)s) END
-WHERE name = 'default' AND epoch = %(epoch)s
-RETURNING last_seq
-"""
-
-RELEASE: LiteralString = """
-UPDATE outbox_relay SET leader = NULL, lease_until = NULL, notify_until = NULL
-WHERE name = 'default' AND epoch = %(epoch)s
-"""
-
 # After a takeover: never hand out a position at or below what the stream fence has seen (a
 # database restored from backup would otherwise reuse positions and lose events to the fence).
 SYNC_SEQ: LiteralString = """

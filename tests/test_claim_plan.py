@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from outbox.relay import sql
+from outbox.relay.lease import Lease
 
 BACKLOG = 20_000
 WRITERS = 4
@@ -88,9 +89,7 @@ def test_claim_reads_the_pending_index_in_order_whatever_the_statistics(db_url: 
             ).fetchone()
             assert got == (0,), "the backlog must be unanalysed for this test to mean anything"
     with psycopg.connect(db_url) as conn:
-        conn.execute(sql.ENSURE_ROW)
-        lease = conn.execute(sql.ACQUIRE, {"me": "plan-test", "ttl": 3600}).fetchone()
-        conn.commit()
+        lease = Lease("default", "plan-test", 3600).acquire(conn)
         assert lease is not None
         default = _picked(_claim_plan(conn, lease[0], forced=False))
         plan = _claim_plan(conn, lease[0], forced=True)

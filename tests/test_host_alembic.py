@@ -123,7 +123,7 @@ def snapshot(url: str) -> dict[str, Any]:
         }
 
 
-HEAD = "outbox_0005"
+HEAD = "outbox_0006"
 
 
 @pytest.mark.parametrize("depends_on", ["outbox_0001", HEAD], ids=["on-first-revision", "on-head"])

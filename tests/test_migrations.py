@@ -36,13 +36,13 @@ def test_standalone_upgrade_is_idempotent_and_downgrade_removes_tables(pg_admin_
     name, url = _fresh(pg_admin_url)
     try:
         first, second = migrate.upgrade(url), migrate.upgrade(url)
-        assert (first.before, first.after, first.host_table) == ((), ("outbox_0005",), None)
+        assert (first.before, first.after, first.host_table) == ((), ("outbox_0006",), None)
         assert first.catalog is not None and first.catalog.inserted == 134
         assert second.before == second.after and second.catalog is not None and second.catalog.changes == 0
         with psycopg.connect(url) as c:
             tables = {r[0] for r in c.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
             assert {"outbox_events", "outbox_relay", "outbox_alembic_version"} <= tables
-            assert c.execute("SELECT count(*) FROM outbox_relay").fetchone()[0] == 1
+            assert c.execute("SELECT count(*) FROM outbox_relay").fetchone()[0] == 2  # default (poll) and wal
             idx = {r[0] for r in c.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'outbox_events'")}
             assert "outbox_events_pending_idx" in idx
         engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
@@ -88,7 +88,7 @@ def test_migrated_schema_has_what_the_code_needs(db_url):
     assert cols["outbox_events", "payload"] == ("jsonb", "NO")
     for col in ("event_id", "status", "publish_seq", "attempts", "last_error", "published_at", "stream_id", "dead_at"):
         assert ("outbox_events", col) in cols
-    for col in ("epoch", "last_seq", "leader", "lease_until", "notify_until", "instance_id"):
+    for col in ("epoch", "last_seq", "leader", "lease_until", "notify_until", "instance_id", "wal_confirmed_lsn"):
         assert ("outbox_relay", col) in cols
     assert cols["outbox_batches", "event_ids"] == ("ARRAY", "NO")
     for col in ("status", "claimed_at", "claimed_by", "attempts", "finished_at", "error"):
@@ -103,7 +103,7 @@ def test_migrated_schema_has_what_the_code_needs(db_url):
         "workflow_run_requests_claimed_idx", "workflow_trigger_skips_event_idx",
     } <= idx  # fmt: skip
     assert version == [(ScriptDirectory.from_config(migrate.alembic_config(db_url)).get_current_head(),)]
-    assert relay_rows == [("default",)]
+    assert sorted(relay_rows) == [("default",), ("wal",)]
 
 
 def _host_history(url: str, outbox_revision: str) -> None:
@@ -124,7 +124,7 @@ def test_host_history_at_head_is_left_alone_and_the_catalog_synced(pg_admin_url)
     try:
         _host_history(url, "heads")
         done = migrate.upgrade(url)
-        assert done.host_table == "public.alembic_version" and done.after == ("outbox_0005",)
+        assert done.host_table == "public.alembic_version" and done.after == ("outbox_0006",)
         assert done.catalog is not None and done.catalog.inserted == 134  # 0002 is schema only
         with psycopg.connect(url) as c:
             assert c.execute("SELECT to_regclass('outbox_alembic_version')").fetchone() == (None,)
@@ -136,7 +136,7 @@ def test_host_history_behind_this_release_is_refused_not_migrated_twice(pg_admin
     name, url = _fresh(pg_admin_url)
     try:
         _host_history(url, "outbox_0003")
-        with pytest.raises(migrate.HostHistoryBehind, match=r"public.alembic_version \(at outbox_0003\).*outbox_0005"):
+        with pytest.raises(migrate.HostHistoryBehind, match=r"public.alembic_version \(at outbox_0003\).*outbox_0006"):
             migrate.upgrade(url)
         with psycopg.connect(url) as c:
             assert c.execute("SELECT to_regclass('outbox_alembic_version')").fetchone() == (None,)
@@ -159,7 +159,7 @@ def test_host_history_without_our_tables_gets_them_standalone(pg_admin_url):
             c.execute("CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY)")
             c.execute("INSERT INTO alembic_version VALUES ('h001')")
         done = migrate.upgrade(url)
-        assert done.host_table is None and done.before == () and done.after == ("outbox_0005",)
+        assert done.host_table is None and done.before == () and done.after == ("outbox_0006",)
         with psycopg.connect(url) as c:
             assert c.execute("SELECT version_num FROM alembic_version").fetchall() == [("h001",)]
     finally:

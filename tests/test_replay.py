@@ -172,6 +172,7 @@ def test_dead_row_in_an_open_batch_is_not_replayed_until_the_batch_closes(settin
     the batch is closed, and P then goes out once with a fresh position."""
     from outbox import wire
     from outbox.relay import sql as relay_sql
+    from outbox.relay.lease import Lease
     from outbox.relay.publisher import Outgoing, RedisStreamPublisher, fence_key
 
     fixed = {"tenantId": "t1", "occurredAt": "2026-11-25T10:00:00Z", "ticketId": str(uuid.uuid4()), **TICKET_PAYLOAD}
@@ -181,7 +182,7 @@ def test_dead_row_in_an_open_batch_is_not_replayed_until_the_batch_closes(settin
         b = _valid(conn, 1)[0]
         conn.commit()
         # A relay's first steps, with the relay's own statements: take the lease, claim the batch, reject P.
-        epoch, _seq, instance = conn.execute(relay_sql.ACQUIRE, {"me": "dying-relay", "ttl": 3600}).fetchone()
+        epoch, _seq, instance = Lease("default", "dying-relay", 3600).acquire(conn)
         batch = conn.execute(
             relay_sql.CLAIM, {"limit": 10, "epoch": epoch, "ttl": 3600, "exclude": []}
         ).fetchall()  # fmt: skip

@@ -110,5 +110,5 @@ def test_migration_0005_backfills_dead_at_of_existing_dead_and_failed_rows(db_ur
     with psycopg.connect(db_url) as conn:
         version = conn.execute("SELECT version_num FROM outbox_alembic_version").fetchone()[0]
         idx = dict(conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'outbox_events'"))
-    assert version == "outbox_0005"
+    assert version == "outbox_0006"
     assert "(dead_at)" in idx["outbox_events_dead_at_idx"] and "'dead'::text" in idx["outbox_events_dead_at_idx"]

@@ -420,7 +420,7 @@ def _try_scrape(port: int) -> dict[str, float] | None:
 def test_migration_0004_adds_claim_columns_and_keeps_existing_requests(db_url, redis_url, stream, rds):
     """Down to outbox_0003, requests written there, up again: they are pending; the claim index exists."""
     with psycopg.connect(db_url) as c:
-        assert c.execute("SELECT version_num FROM outbox_alembic_version").fetchone()[0] == "outbox_0005"
+        assert c.execute("SELECT version_num FROM outbox_alembic_version").fetchone()[0] == "outbox_0006"
         idx = dict(c.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'workflow_run_requests'"))
     assert "WHERE (status = 'pending'::text)" in idx["workflow_run_requests_claim_idx"]
     cfg = migrate.alembic_config(db_url)
