@@ -9,24 +9,27 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
-from outbox import envelope, schemas, wire
-from outbox.errors import BrokerError, OutboxError, TenantMismatch
+from outbox import schemas, wire
+from outbox.errors import BrokerError, OutboxError
 from outbox.liveness import Liveness
 from outbox.ops import missing_tables
 from outbox.relay import metrics, sql
+from outbox.relay.encode import encode, reason
+from outbox.relay.fence import publish_all
 from outbox.relay.guard import RISK_CODES, RedisGuard, Risk
 from outbox.relay.lease import Lease, LostLease
 from outbox.relay.loss import Loss, LossWatch
 from outbox.relay.publisher import (
     Outgoing,
     Publisher,
+    PublishResult,
     RedisStreamPublisher,
     client_from_url,
     fence_key,
@@ -89,12 +92,6 @@ class _Mark:
 
 # A recovered batch that a relay died with is split into this many parts (see Relay._split).
 _SPLIT_INTO = 16
-
-
-def _reason(r: _Row, exc: Exception) -> str:
-    """One line for last_error: the error's type, the row's schema ref, the message (bounded)."""
-    text = " ".join(str(exc).split()) or "(no message)"
-    return f"{type(exc).__name__} [{r.schema_ref}] {text[:1000]}"
 
 
 class _Stop(Exception):
@@ -554,35 +551,7 @@ class Relay:
             self._unmarked.pop(mark.batch, None)
 
     def _encode(self, r: _Row) -> list[str]:
-        """The entry of one row, checked by the reader's envelope rules; raises whatever is wrong with it."""
-        column_ts = wire.column_timestamp(r.timestamp)  # WireError: infinite, BC, after 9999
-        model = self.registry.validate_json(r.event_type, r.payload, ref=r.schema_ref)
-        tenant = str(getattr(model, "tenantId", "") or "")
-        if tenant != r.tenant_id:
-            raise TenantMismatch(r.event_type, tenant, r.tenant_id)
-        wire.check_payload_json(r.event_type, r.payload, self.settings.max_payload_bytes)  # same rule as record
-        timestamp = wire.timestamp(getattr(model, "occurredAt", None), column_ts)  # WireError
-        user_id = wire.user_id_of(model)
-        # The contract validation above parsed payload_json as a JSON object (every contract is an object).
-        err = envelope.fields_violation(
-            event_id=r.event_id, execution_id=r.execution_id or "", user_id=user_id, tenant=tenant,
-            event_type=r.event_type, timestamp=timestamp, payload_json=r.payload, payload_is_object=True,
-        )  # fmt: skip
-        if err is not None:
-            raise err
-        return wire.values(
-            event_id=r.event_id,
-            event_type=r.event_type,
-            tenant=tenant,
-            timestamp=timestamp,
-            payload_json=r.payload,
-            user_id=user_id,
-            execution_id=r.execution_id,
-            event_name=r.event_name,
-            from_state=r.from_state,
-            to_state=r.to_state,
-            correlation_key=r.correlation_key,
-        )
+        return encode(r, self.registry, self.settings.max_payload_bytes)
 
     def _process(self, rows: list[_Row], hwm: int = 0, *, recovered: bool = False, blamed: bool = False) -> None:
         started = time.perf_counter()
@@ -612,7 +581,7 @@ class Relay:
             try:
                 values = self._encode(r)
             except Exception as exc:  # whatever one row raises is that row's reason, never the relay's end
-                mark.dead.append((r.id, _reason(r, exc)))
+                mark.dead.append((r.id, reason(r, exc)))
                 log.warning("dead-lettered event %s (%s): %s", r.event_id, r.event_type, mark.dead[-1][1])
                 if not isinstance(exc, OutboxError):
                     log.debug("unexpected error encoding event %s", r.event_id, exc_info=True)
@@ -691,39 +660,29 @@ class Relay:
 
     def _publish(self, out: list[Outgoing], good: list[_Row], mark: _Mark) -> None:
         """Send ``out`` until all of it is known to be on the stream; fills ``mark.published`` as it goes."""
-        attempt = 0
-        while out:
-            assert self._publisher is not None
-            error: BrokerError | None
-            try:
-                result = self._publisher.publish(out)
-            except BrokerError as exc:
-                error = exc
-            else:
-                self._loss.on_publish(result, [o.seq for o in out])
-                n = len(result.ids)
-                skipped = 0
-                for r, sid in zip(good[:n], result.ids, strict=True):
-                    mark.published.append((r.id, sid, r.seq))
-                    skipped += sid is None
-                self.stats.fence_skipped += skipped
-                self.stats.published += n - skipped
-                metrics.DEDUPED.inc(skipped)
-                metrics.PUBLISHED.inc(n - skipped)
-                out, good = out[n:], good[n:]
-                error = result.error
-                if error is None:
-                    break
-            attempt += 1
-            self.stats.broker_errors += 1
-            metrics.BROKER_ERRORS.inc()
-            self._broker_outage.error(error, note=f"{len(out)} event(s) held, retrying with backoff")
-            if self._stop.is_set():
-                raise _Stop()
-            self._backoff_sleep(attempt)
-            if self._db is not None and self.lease.due():
-                self._renew(self._db, idle=False)  # keep the lease through a broker outage
+        assert self._publisher is not None
+        rows = iter(good)
+
+        def sent(result: PublishResult, batch: Sequence[Outgoing]) -> None:
+            self._loss.on_publish(result, [o.seq for o in batch])
+            for sid in result.ids:
+                r = next(rows)
+                mark.published.append((r.id, sid, r.seq))
+
+        appended, skipped = publish_all(self._publisher, out, sent=sent, failed=self._broker_failed)
+        self.stats.published += appended
+        self.stats.fence_skipped += skipped
         self._broker_outage.ok()
+
+    def _broker_failed(self, attempt: int, error: BrokerError, held: int) -> None:
+        """A publish failed: log the outage, back off (keeping the lease), or stop when asked to."""
+        self.stats.broker_errors += 1
+        self._broker_outage.error(error, note=f"{held} event(s) held, retrying with backoff")
+        if self._stop.is_set():
+            raise _Stop()
+        self._backoff_sleep(attempt)
+        if self._db is not None and self.lease.due():
+            self._renew(self._db, idle=False)  # keep the lease through a broker outage
 
     def _with_broker(self, fn: Callable[[Publisher], int]) -> int:
         attempt = 0

@@ -81,7 +81,7 @@ def loss_count(what: str) -> float:
 
 def instance_id(db_url: str) -> str:
     with psycopg.connect(db_url) as c:
-        row = c.execute("SELECT instance_id::text FROM outbox_relay").fetchone()
+        row = c.execute("SELECT instance_id::text FROM outbox_relay WHERE name = 'default'").fetchone()
     assert row is not None
     return str(row[0])
 
