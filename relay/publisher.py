@@ -74,6 +74,19 @@ class Publisher(Protocol):
         ...
 
 
+#: Positions travel to the fence script, and the fence is stored, as decimal strings of this many digits.
+POSITION_DIGITS = 30
+_POSITION_END = 10**POSITION_DIGITS
+_POSITION_SPEC = f"0{POSITION_DIGITS}d"
+
+
+def position_arg(seq: int) -> str:
+    """``seq`` as the fence script reads it (zero-padded to ``POSITION_DIGITS``); ``ValueError`` when out of range."""
+    if not 0 <= seq < _POSITION_END:
+        raise ValueError(f"position {seq} is outside the fence's range 0 <= seq < 10**{POSITION_DIGITS}")
+    return format(seq, _POSITION_SPEC)
+
+
 # The exactly-once fence, run atomically inside Redis for a whole batch.
 #
 # Protocol. The relay leader gives each row a position (publish_seq) in Postgres and commits that
@@ -102,11 +115,21 @@ class Publisher(Protocol):
 # stream fresh, the script records the id of its first entry in the origin key: entries older than
 # that belong to an earlier incarnation of the stream, which `outbox republish` uses to tell entries
 # lost with it from entries trimmed away on purpose (relay/republish.py).
+#
+# Exactness. Lua numbers are doubles, exact only up to 2^53, and positions go beyond (a WAL capture
+# mode numbers events commit_lsn << 32 | index, up to ~2^96). So positions travel as decimal strings of
+# POSITION_DIGITS digits, zero-padded, and the script compares them as strings: for strings of equal
+# width made of ASCII digits, string order is numeric order (Lua 5.1 compares with strcoll: byte order
+# in the C locale, and glibc's locales order the ten digits the same way). The fence is stored as such
+# a string, checked by tests/test_publisher_contract.py at 2^53, 2^64 and 2^96. A fence written by
+# the earlier script (a plain integer, "12345") is padded to that width once per batch; a fence that is
+# not a position at all (garbage, a negative number) fails the script instead of being compared.
 # KEYS: the stream, the fence, the origin.
 # ARGV: trim mode ('' | MAXLEN | MINID), trim threshold, field count N, the N field names, then per
-# event two arguments: its position, and its N values joined by NUL. NUL cannot occur in the values
-# (they come from Postgres text and jsonb, which cannot hold it), and two arguments per event instead
-# of N+1 halve the client's argument-packing cost, which is where a Python relay spends its time.
+# event two arguments: its position (POSITION_DIGITS digits), and its N values joined by NUL. NUL
+# cannot occur in the values (they come from Postgres text and jsonb, which cannot hold it), and two
+# arguments per event instead of N+1 halve the client's argument-packing cost, which is where a Python
+# relay spends its time.
 _FENCE_LUA = """
 local nf = tonumber(ARGV[3])
 local args
@@ -114,9 +137,16 @@ if ARGV[1] ~= '' then args = {KEYS[1], ARGV[1], '~', ARGV[2], '*'} else args = {
 local off = #args
 for j = 1, nf do args[off + 2 * j - 1] = ARGV[3 + j] end
 local raw = redis.call('GET', KEYS[2])
-local before = -1
-if raw then before = tonumber(raw) end
-local hwm = math.max(before, 0)
+local before = ''
+local hwm = string.rep('0', WIDTH)
+if raw then
+  if #raw > WIDTH or not string.find(raw, '^%d+$') then
+    local shown = string.sub(raw, 1, 40)
+    return redis.error_reply('ERR outbox fence ' .. KEYS[2] .. ' holds ' .. shown .. ', not a position')
+  end
+  hwm = string.rep('0', WIDTH - #raw) .. raw
+  before = hwm
+end
 local fresh = 0
 if redis.call('EXISTS', KEYS[1]) == 0 then
   fresh = 1
@@ -131,7 +161,7 @@ local out = {}
 local k = 0
 for i = 4 + nf, #ARGV, 2 do
   k = k + 1
-  local seq = tonumber(ARGV[i])
+  local seq = ARGV[i]
   if seq <= hwm then
     out[k] = 0
   else
@@ -162,7 +192,7 @@ for i = 4 + nf, #ARGV, 2 do
 end
 if first then redis.call('SET', KEYS[2], hwm) end
 return {out, '', before, fresh}
-"""
+""".replace("WIDTH", str(POSITION_DIGITS))
 
 
 def fence_key(stream: str, instance_id: str) -> str:
@@ -252,13 +282,18 @@ class RedisStreamPublisher:
         return int(raw) if raw else 0
 
     def publish(self, batch: Sequence[Outgoing]) -> PublishResult:
-        """Run the fence script on the batch; ``BrokerError`` if nothing is known to have happened."""
+        """Run the fence script on the batch; ``BrokerError`` if nothing is known to have happened, ``ValueError``
+        (before anything is sent) for a position outside ``0 <= seq < 10**POSITION_DIGITS``."""
         if not batch:
             return PublishResult([])
         mode, threshold = self._trim()
         args: list[Any] = [mode, threshold, *self._head]
+        end, spec = _POSITION_END, _POSITION_SPEC
         for o in batch:
-            args.append(o.seq)
+            seq = o.seq
+            if not 0 <= seq < end:
+                position_arg(seq)  # raises the ValueError
+            args.append(format(seq, spec))
             args.append("\0".join(o.values))
         try:
             raw_ids, err, before, fresh = self._script(keys=[self.stream, self.fence, self.origin], args=args)
@@ -279,7 +314,7 @@ class RedisStreamPublisher:
                 raise self._error(exc) from exc
             if acked < self._wait_replicas:
                 raise BrokerError(f"only {acked} of {self._wait_replicas} replicas acknowledged", transient=True)
-        return PublishResult(ids, error, fence_before=int(before), stream_fresh=bool(fresh))
+        return PublishResult(ids, error, fence_before=int(before) if before else -1, stream_fresh=bool(fresh))
 
     def locate(self, event_ids: Collection[str], scan: int) -> dict[str, str]:
         """Stream ids of the given events among the last ``scan`` entries, newest first (XREVRANGE pages).
