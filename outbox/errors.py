@@ -147,3 +147,17 @@ class BrokerError(OutboxError):
     def __init__(self, message: str, *, transient: bool) -> None:
         self.transient = transient
         super().__init__(message)
+
+
+class WalStreamError(OutboxError):
+    """The logical replication stream failed or was refused (``outbox.relay.walstream``).
+
+    ``sqlstate`` is the server's error code when the server said why (``42704`` slot or publication missing,
+    ``55006`` slot active for another process, ``55000`` slot invalidated or ``wal_level`` too low), None for
+    a broken connection or a silent server. ``transient`` says whether reconnecting later can help.
+    """
+
+    def __init__(self, message: str, *, sqlstate: str | None = None, transient: bool) -> None:
+        self.sqlstate = sqlstate
+        self.transient = transient
+        super().__init__(message)
