@@ -307,3 +307,7 @@ def status_counts(db_url: str) -> dict[str, int]:
     """Outbox rows per status."""
     with psycopg.connect(db_url) as c:
         return dict(c.execute("SELECT status, count(*) FROM outbox_events GROUP BY status").fetchall())
+
+
+# The WAL capture mode's fixtures (logical_pg_url, logical_db): a wal_level=logical server of the session's own.
+pytest_plugins = ("tests.logical",)
