@@ -133,6 +133,19 @@ class UnsupportedConnection(OutboxError):
 EXIT_TABLES_MISSING = 4
 
 
+class CaptureUnavailable(OutboxError):
+    """WAL capture mode, but this database has no usable logical slot for the outbox: nothing was recorded."""
+
+    def __init__(self, slot: str) -> None:
+        self.slot = slot
+        super().__init__(
+            f"OUTBOX_CAPTURE=wal, but this database has no usable logical replication slot {slot!r}, so nothing "
+            "would ever read the event: it was NOT recorded (the transaction is still usable). Create the slot "
+            "with `outbox migrate --capture wal` (needs wal_level=logical), or record in poll mode "
+            "(OUTBOX_CAPTURE=poll)"
+        )
+
+
 class SchemaNotInstalled(OutboxError):
     """The outbox tables are missing: run ``outbox migrate``."""
 

@@ -154,6 +154,21 @@ class Settings(DaemonSettings):
     redis_strict: bool = Field(
         default=False, description="Refuse to start when Redis' settings can lose events (exit 2)"
     )
+    capture: Literal["poll", "wal"] = Field(
+        default="poll", description="poll: read outbox_events; wal: a logical replication slot (wal_level=logical)"
+    )
+    wal_slot: str = Field(
+        default="outbox", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="WAL mode: the logical slot's name"
+    )
+    wal_publication: str = Field(
+        default="outbox", pattern=r"^[a-z_][a-z0-9_]{0,62}$", description="WAL mode: the (empty) publication"
+    )
+    wal_warn_retained_bytes: int = Field(
+        default=1024**3, gt=0, description="WAL mode: warn when the slot retains more WAL than this (bytes)"
+    )
+    wal_warn_age: float = Field(
+        default=60.0, gt=0, description="WAL mode: warn when the oldest unconfirmed event is older (s)"
+    )
 
 
 def _check_port(port: str) -> None:

@@ -38,6 +38,24 @@ RECORD_MANY: LiteralString = (
 
 UNDO_MANY: LiteralString = "DELETE FROM outbox_events WHERE event_id = ANY(%s::uuid[])"
 
+# The WAL capture mode's write path (outbox.walmsg): the event goes into the WAL as a transactional logical
+# decoding message, which commits or vanishes with the caller's transaction; no row, no index, no later mark
+# or delete. It is emitted only when this database has a usable logical slot of that name: without one,
+# nothing would ever decode the message and the event would be lost, so ``record`` raises instead
+# (CaptureUnavailable) and the caller's transaction stays usable. The check reads shared memory (no I/O).
+EMIT_ONE: LiteralString = (
+    "SELECT pg_logical_emit_message(true, %s, %s)::text FROM pg_replication_slots "
+    "WHERE slot_name = %s AND database = current_database() AND slot_type = 'logical' "
+    "AND wal_status IS DISTINCT FROM 'lost'"
+)
+
+# Messages of one call are emitted in array order (unnest WITH ORDINALITY, evaluated row by row in order).
+EMIT_MANY: LiteralString = (
+    "SELECT count(pg_logical_emit_message(true, %s, m.content)) FROM unnest(%s::text[]) WITH ORDINALITY m(content, i), "
+    "(SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND database = current_database() "
+    "AND slot_type = 'logical' AND wal_status IS DISTINCT FROM 'lost') s"
+)
+
 # ---- operator queries (status, dead letters, replay) ----
 
 STATUS: LiteralString = """

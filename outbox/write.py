@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import uuid
 from collections.abc import Generator, Mapping, Sequence
@@ -17,8 +18,10 @@ from typing import TYPE_CHECKING, Any, Literal, LiteralString, TypedDict, Unpack
 import uuid_utils.compat as uuid_utils
 from pydantic import BaseModel
 
-from outbox import schemas, sql, wire
+from outbox import schemas, sql, walmsg, wire
 from outbox.errors import (
+    CaptureUnavailable,
+    ConfigurationError,
     DuplicateEvent,
     FieldError,
     InvalidArgument,
@@ -46,10 +49,34 @@ MAX_DEPTH_LIMIT = 128
 # for a btree index entry on the reader's side (Postgres refuses index rows over ~2.7 kB).
 MAX_TEXT_BYTES = 1024
 _limits = {"max_payload_bytes": DEFAULT_MAX_PAYLOAD_BYTES, "max_depth": DEFAULT_MAX_DEPTH}
+Capture = Literal["poll", "wal"]
+# How events reach the relay: None until configure() or the first write reads OUTBOX_CAPTURE / OUTBOX_WAL_SLOT.
+_capture: dict[str, str] = {}
 
 
-def configure(*, max_payload_bytes: int | None = None, max_depth: int | None = None) -> None:
-    """Set process-wide write-side limits (payload: 256 KiB of wire JSON; nesting: 64 levels)."""
+def _capture_mode() -> tuple[str, str]:
+    """(mode, slot): configure()'s, else OUTBOX_CAPTURE (poll|wal, default poll) and OUTBOX_WAL_SLOT (outbox)."""
+    if not _capture:
+        mode = os.environ.get("OUTBOX_CAPTURE", "poll").strip().lower() or "poll"
+        if mode not in ("poll", "wal"):
+            raise ConfigurationError("OUTBOX_CAPTURE", f"must be 'poll' or 'wal', got {mode!r}")
+        _capture.update(mode=mode, slot=os.environ.get("OUTBOX_WAL_SLOT", "").strip() or walmsg.PREFIX)
+    return _capture["mode"], _capture["slot"]
+
+
+def configure(
+    *,
+    max_payload_bytes: int | None = None,
+    max_depth: int | None = None,
+    capture: Capture | None = None,
+    wal_slot: str | None = None,
+) -> None:
+    """Set process-wide write-side options: limits (payload 256 KiB of wire JSON, nesting 64 levels) and the
+    capture mode (``poll``: an outbox_events row; ``wal``: a logical decoding message for slot ``wal_slot``)."""
+    if capture is not None and capture not in ("poll", "wal"):
+        raise ValueError("capture must be 'poll' or 'wal'")
+    if wal_slot is not None and not wal_slot:
+        raise ValueError("wal_slot must not be empty")
     if max_payload_bytes is not None and max_payload_bytes <= 0:
         raise ValueError("max_payload_bytes must be positive")
     if max_depth is not None and not 1 <= max_depth <= MAX_DEPTH_LIMIT:
@@ -58,6 +85,9 @@ def configure(*, max_payload_bytes: int | None = None, max_depth: int | None = N
         _limits["max_payload_bytes"] = max_payload_bytes
     if max_depth is not None:
         _limits["max_depth"] = max_depth
+    if capture is not None or wal_slot is not None:
+        mode, slot = _capture_mode()
+        _capture.update(mode=capture or mode, slot=wal_slot or slot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,6 +512,31 @@ def _write_many(columns: list[Any], ids: list[uuid.UUID]) -> Write:
     return ids
 
 
+def _emit_one(params: tuple[Any, ...], slot: str) -> Write:
+    row = yield sql.EMIT_ONE, (walmsg.PREFIX, walmsg.encode(params), slot), True
+    if row is None:
+        raise CaptureUnavailable(slot)
+    return params[0]
+
+
+def _emit_many(columns: list[Any], ids: list[uuid.UUID], slot: str) -> Write:
+    contents = [walmsg.encode(params) for params in zip(*columns, strict=True)]
+    row = yield sql.EMIT_MANY, (walmsg.PREFIX, contents, slot), True
+    if not row or row[0] != len(ids):
+        raise CaptureUnavailable(slot)
+    return ids
+
+
+def _one(params: tuple[Any, ...]) -> Write:
+    mode, slot = _capture_mode()
+    return _emit_one(params, slot) if mode == "wal" else _write_one(params)
+
+
+def _many(columns: list[Any], ids: list[uuid.UUID]) -> Write:
+    mode, slot = _capture_mode()
+    return _emit_many(columns, ids, slot) if mode == "wal" else _write_many(columns, ids)
+
+
 def _run(conn: Any, write: Write) -> Any:
     """Execute a write on a sync connection."""
     target = _sync_driver(conn)
@@ -532,28 +587,28 @@ def record(
     conn: Any, event_type: str, payload: Mapping[str, Any] | BaseModel, **options: Unpack[RecordOptions]
 ) -> uuid.UUID:
     """Write one event in the caller's transaction and return its event id. Validates first; never commits."""
-    return _run(conn, _write_one(prepare(event_type, payload, **options)))
+    return _run(conn, _one(prepare(event_type, payload, **options)))
 
 
 def record_many(conn: Any, events: Sequence[Event]) -> list[uuid.UUID]:
     """Write many events in one statement in the caller's transaction; all or none. Never commits."""
     if not events:
         return []
-    return _run(conn, _write_many(*_many_params(events)))
+    return _run(conn, _many(*_many_params(events)))
 
 
 async def arecord(
     conn: Any, event_type: str, payload: Mapping[str, Any] | BaseModel, **options: Unpack[RecordOptions]
 ) -> uuid.UUID:
     """Async ``record``: one event in the caller's transaction. Never commits."""
-    return await _arun(conn, _write_one(prepare(event_type, payload, **options)))
+    return await _arun(conn, _one(prepare(event_type, payload, **options)))
 
 
 async def arecord_many(conn: Any, events: Sequence[Event]) -> list[uuid.UUID]:
     """Async ``record_many``. Never commits."""
     if not events:
         return []
-    write = _write_many(*_many_params(events))  # validate before touching the connection
+    write = _many(*_many_params(events))  # validate before touching the connection
     return await _arun(conn, write)
 
 

@@ -61,6 +61,9 @@ DbUrl = Annotated[
 ]
 RedisUrl = Annotated[str | None, typer.Option("--redis-url", envvar="OUTBOX_REDIS_URL", help="Redis URL")]
 Stream = Annotated[str | None, typer.Option("--stream", envvar="OUTBOX_STREAM", help="Stream key")]
+Capture = Annotated[
+    str | None, typer.Option("--capture", envvar="OUTBOX_CAPTURE", help="poll (outbox table, default) or wal (slot)")
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout")]
 
 
@@ -91,8 +94,15 @@ def migrate(
     versions_path: Annotated[
         bool, typer.Option("--versions-path", help="Print the directory of our Alembic revisions and exit")
     ] = False,
+    capture: Capture = None,
+    recreate_slot: Annotated[
+        bool, typer.Option("--recreate-slot", help="WAL mode: drop the slot first (after it was invalidated)")
+    ] = False,
 ) -> None:
     """Create or upgrade the outbox tables and sync the system catalog (idempotent).
+
+    With ``--capture wal`` (or OUTBOX_CAPTURE=wal) also create the publication and the logical replication slot
+    the WAL mode reads, unless they exist (needs wal_level=logical).
 
     If your own Alembic history holds the outbox revisions (README: Tables and migrations), this changes no
     schema: it checks that history is not behind this release.
@@ -106,7 +116,7 @@ def migrate(
     if sql:
         migrations.sql()
         return
-    settings = _settings(database_url=database_url)
+    settings = _settings(database_url=database_url, capture=capture)
     # Refused credentials (exit 2) and an unreachable server (exit 3) are told apart here, as by every
     # command; the upgrade below reports any failure as "migration failed" (exit 1).
     _connect(settings).close()
@@ -128,6 +138,27 @@ def migrate(
     cat = done.catalog
     assert cat is not None
     err.print(f"{what}; system catalog: {cat.inserted} new, {cat.updated} updated", markup=False, soft_wrap=True)
+    if settings.capture == "wal":
+        _setup_wal(settings, recreate_slot)
+
+
+def _setup_wal(settings: Settings, recreate_slot: bool) -> None:
+    from outbox.errors import WalStreamError
+    from outbox.relay.setup import setup_wal
+
+    try:
+        done = setup_wal(settings.dsn, settings.wal_slot, settings.wal_publication, recreate_slot=recreate_slot)
+    except WalStreamError as exc:
+        err.print(f"[red]error:[/] WAL capture cannot be set up: {escape(str(exc))}", soft_wrap=True)
+        if exc.sqlstate == "55000":
+            err.print("set wal_level = logical in postgresql.conf and restart Postgres, then run this again")
+        raise typer.Exit(2) from None
+    except psycopg.Error as exc:
+        err.print(f"[red]error:[/] WAL capture setup failed: {escape(str(exc).strip())}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    slot = "recreated" if done.slot_recreated else ("created" if done.slot_created else "exists")
+    pub = "created" if done.publication_created else "exists"
+    err.print(f"WAL capture: slot {done.slot} {slot}, publication {done.publication} {pub}", markup=False)
 
 
 @app.command()
@@ -150,6 +181,7 @@ def relay(
     ] = None,
     log_level: Annotated[str | None, typer.Option(envvar="OUTBOX_LOG_LEVEL", help="Logging level")] = None,
     once: Annotated[bool, typer.Option("--once", help="Drain what is pending, then exit")] = False,
+    capture: Capture = None,
 ) -> None:
     """Run the relay daemon until SIGTERM/SIGINT."""
     from outbox.relay.cli import serve
@@ -157,7 +189,7 @@ def relay(
     settings = _settings(
         database_url=database_url, redis_url=redis_url, stream=stream, batch_size=batch_size, wake=wake,
         poll_interval=poll_interval, idle_poll_interval=idle_poll_interval, lease_ttl=lease_ttl,
-        trim_maxlen=trim_maxlen, metrics_port=metrics_port, log_level=log_level,
+        trim_maxlen=trim_maxlen, metrics_port=metrics_port, log_level=log_level, capture=capture,
     )  # fmt: skip
     try:
         settings.require_database()

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from outbox.daemon import Program
 from outbox.daemon import main as daemon_main
 from outbox.daemon import serve as daemon_serve
-from outbox.relay.loop import Relay, RelayStats
+from outbox.relay.capture import build
+from outbox.relay.loop import RelayStats
 from outbox.settings import Settings, load_settings
 
 
@@ -19,7 +20,7 @@ def _summary(stats: RelayStats) -> str:
 
 
 PROGRAM: Program[Settings] = Program(
-    name="relay", load=load_settings, build=Relay, summary=_summary, stop_note="finishing the batch in hand"
+    name="relay", load=load_settings, build=build, summary=_summary, stop_note="finishing the batch in hand"
 )
 
 

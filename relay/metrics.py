@@ -23,3 +23,9 @@ BATCH_SECONDS = Histogram(
     "Claim-to-mark time of one batch",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
 )
+WAL_RETAINED_BYTES = Gauge("outbox_relay_wal_retained_bytes", "WAL the capture slot keeps (current LSN - restart_lsn)")
+WAL_OLDEST_UNCONFIRMED_SECONDS = Gauge(
+    "outbox_relay_wal_oldest_unconfirmed_seconds",
+    "Age of the oldest event the WAL relay has read but not confirmed (0 when caught up)",
+)
+WAL_SLOT_OK = Gauge("outbox_relay_wal_slot_ok", "1 while the capture slot exists and is not invalidated")

@@ -192,3 +192,26 @@ DELETE FROM outbox_events WHERE id IN (
     WHERE status IN ('dead', 'failed') AND dead_at < now() - make_interval(secs => %(age)s)
     ORDER BY dead_at LIMIT %(limit)s)
 """
+
+# ---- WAL capture mode (relay/wal.py) ----
+
+# An invalid event read from the slot becomes a dead row, exactly as the poll relay would have left it, so that
+# `outbox dead-letters` and `outbox replay` work the same in both modes (a replayed row is published by the
+# table path, which `relay --capture wal` runs next to the slot). Re-reading after a crash inserts nothing twice.
+INSERT_DEAD: LiteralString = """
+INSERT INTO outbox_events (event_id, tenant_id, event_type, schema_ref, payload, occurred_at, aggregate,
+                           execution_id, event_name, from_state, to_state, correlation_key,
+                           status, last_error, dead_at)
+VALUES (%s, %s, %s, %s, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, 'dead', %s, clock_timestamp())
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+# Where the WAL leader is, for `outbox status` (an active slot cannot be peeked by anyone else).
+WAL_REPORT: LiteralString = """
+UPDATE outbox_relay SET wal_confirmed_lsn = %(lsn)s::pg_lsn, wal_oldest_unconfirmed = %(oldest)s,
+       wal_reported_at = clock_timestamp()
+WHERE name = 'wal' AND epoch = %(epoch)s
+"""
+
+# A new WAL leader ends the walsender of a predecessor that lost the lease but still holds the slot.
+END_WALSENDER: LiteralString = "SELECT pg_terminate_backend(%(pid)s)"
