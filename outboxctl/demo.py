@@ -215,7 +215,8 @@ def _run(transactions: int, writers: int, database_url: str | None, redis_url: s
         with _relay(env) as relay:
             with psycopg.connect(dsn, autocommit=True) as c:
                 deadline = time.monotonic() + 30
-                while not c.execute("SELECT lease_until > now() FROM outbox_relay WHERE name = 'default'").fetchone()[0]:  # type: ignore[index]
+                leading = "SELECT lease_until > now() FROM outbox_relay WHERE name = 'default'"
+                while not c.execute(leading).fetchone()[0]:  # type: ignore[index]
                     if time.monotonic() > deadline or relay.poll() is not None:
                         console.print("[red]the relay did not start[/]")
                         return 1

@@ -147,7 +147,8 @@ def _setup_wal(settings: Settings, recreate_slot: bool) -> None:
     from outbox.relay.setup import setup_wal
 
     try:
-        done = setup_wal(settings.dsn, settings.wal_slot, settings.wal_publication, recreate_slot=recreate_slot)
+        url, slot, pub = settings.require_database(), settings.wal_slot, settings.wal_publication
+        done = setup_wal(url, slot, pub, recreate_slot=recreate_slot)
     except WalStreamError as exc:
         err.print(f"[red]error:[/] WAL capture cannot be set up: {escape(str(exc))}", soft_wrap=True)
         if exc.sqlstate == "55000":
