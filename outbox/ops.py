@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -64,6 +64,50 @@ def status(conn: psycopg.Connection[Any], *, by_tenant: bool = False) -> dict[st
                 {**t, "oldest_pending_age": float(t["oldest_pending_age"]) if t["oldest_pending_age"] else None}
                 for t in tenants
             ]
+    conn.rollback()
+    return out
+
+
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def wal_status(conn: psycopg.Connection[Any], slot: str, publication: str) -> dict[str, Any] | None:
+    """The WAL capture slot: exists/active, wal_status (lost = invalidated), retained WAL bytes, and the age (s) of
+    the oldest event not yet confirmed (from the WAL leader's report, else peeked from the idle slot). None when
+    the database has no WAL relay row (never migrated to 0006)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        try:
+            row = cur.execute(sql.WAL_STATUS, {"slot": slot}).fetchone()
+        except psycopg.errors.UndefinedColumn:
+            conn.rollback()
+            return None
+    if row is None:
+        conn.rollback()
+        return None
+    out = {k: (float(v) if k.endswith("_age") and v is not None else v) for k, v in row.items()}
+    out["slot_exists"] = out["slot"] is not None
+    out["slot"] = slot
+    if out["wal_leader_alive"]:
+        out["oldest_unconfirmed_age"] = out["oldest_unconfirmed_age"] or 0.0
+        out["oldest_unconfirmed_source"] = "relay"
+    elif out["slot_exists"] and not out["slot_active"] and out["wal_status"] != "lost":
+        out["oldest_unconfirmed_age"] = None
+        out["oldest_unconfirmed_source"] = "peek"
+        try:
+            peeked = conn.execute(sql.WAL_PEEK_OLDEST, {"slot": slot, "publication": publication}).fetchone()
+        except psycopg.Error as exc:  # taken by a relay meanwhile, publication missing...
+            out["peek_error"] = str(exc).strip().splitlines()[0]
+            peeked = None
+        conn.rollback()
+        if peeked is not None and bytes(peeked[0][:1]) == b"B":
+            commit_us = int.from_bytes(bytes(peeked[0][9:17]), "big", signed=True)
+            committed = _PG_EPOCH + timedelta(microseconds=commit_us)
+            out["oldest_unconfirmed_age"] = max(0.0, (datetime.now(UTC) - committed).total_seconds())
+        elif peeked is None and "peek_error" not in out:
+            out["oldest_unconfirmed_age"] = 0.0
+    else:
+        out["oldest_unconfirmed_age"] = None
+        out["oldest_unconfirmed_source"] = None
     conn.rollback()
     return out
 

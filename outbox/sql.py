@@ -76,6 +76,26 @@ SELECT
 FROM outbox_relay r WHERE r.name = 'default'
 """
 
+# The WAL capture mode's part of `outbox status`: the slot as Postgres sees it (retained WAL: what it pins since
+# restart_lsn) and what the WAL leader last reported (the commit time of the oldest event it has read but not
+# confirmed; NULL when it was caught up). No row when the database has never been migrated for WAL mode.
+WAL_STATUS: LiteralString = """
+SELECT s.slot_name::text AS slot, s.active AS slot_active, s.wal_status, s.confirmed_flush_lsn::text AS confirmed_lsn,
+  pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint AS retained_wal_bytes, s.safe_wal_size,
+  r.leader AS wal_leader, coalesce(r.lease_until > clock_timestamp(), false) AS wal_leader_alive,
+  extract(epoch FROM clock_timestamp() - r.wal_oldest_unconfirmed) AS oldest_unconfirmed_age,
+  extract(epoch FROM clock_timestamp() - r.wal_reported_at) AS wal_report_age
+FROM outbox_relay r LEFT JOIN pg_replication_slots s ON s.slot_name = %(slot)s AND s.database = current_database()
+WHERE r.name = 'wal'
+"""
+
+# With no WAL relay holding the slot, its oldest unconfirmed transaction is peeked (nothing is consumed): the
+# first pgoutput message is that transaction's Begin, which carries its commit time.
+WAL_PEEK_OLDEST: LiteralString = """
+SELECT data FROM pg_logical_slot_peek_binary_changes(%(slot)s, NULL, 1, 'proto_version', '1',
+  'publication_names', %(publication)s, 'messages', 'true') LIMIT 1
+"""
+
 STATUS_BY_TENANT: LiteralString = """
 SELECT tenant_id,
   count(*) FILTER (WHERE status = 'pending') AS pending,

@@ -207,8 +207,12 @@ def status(
     as_json: AsJson = False,
 ) -> None:
     """Pending rows and the age of the oldest, dead letters, failures, recent throughput, relay leader."""
-    with _connect(_settings(database_url=database_url)) as conn, ops.tables_required():
+    settings = _settings(database_url=database_url)
+    with _connect(settings) as conn, ops.tables_required():
         data = ops.status(conn, by_tenant=by_tenant)
+        wal = ops.wal_status(conn, settings.wal_slot, settings.wal_publication)
+    if wal is not None and (wal["slot_exists"] or settings.capture == "wal"):
+        data["wal"] = wal
     if as_json:
         _dump(data)
         return
@@ -224,7 +228,10 @@ def status(
     t.add_row("relay batches open", f"{data['open_batches']}" + (f" (oldest {bage:.1f}s)" if bage is not None else ""))
     t.add_row("relay leader", f"{data['leader'] or '-'} (epoch {data['epoch']}, alive={bool(data['leader_alive'])})")
     t.add_row("relay idle/listening", str(bool(data["relay_idle"])))
+    warnings = _wal_rows(t, data.get("wal"), settings)
     out.print(t)
+    for line in warnings:
+        err.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
     if by_tenant:
         tt = Table("tenant", "pending", "oldest age", "dead", "failed", "published/min", title="per tenant")
         for r in data["tenants"]:
@@ -232,6 +239,38 @@ def status(
             tt.add_row(r["tenant_id"], str(r["pending"]), f"{a:.1f}s" if a else "-", str(r["dead"]),
                        str(r["failed"]), str(r["published_last_minute"]))  # fmt: skip
         out.print(tt)
+
+
+def _wal_rows(t: Table, wal: dict[str, Any] | None, settings: Settings) -> list[str]:
+    """The WAL capture slot's rows of `outbox status`; returns the warnings to print under the table."""
+    if wal is None:
+        return []
+    warnings: list[str] = []
+    slot = wal["slot"]
+    if not wal["slot_exists"]:
+        t.add_row("capture slot", f"{slot}: MISSING")
+        return [f"slot {slot} does not exist: WAL-mode writers are refused; create it with "
+                "`outbox migrate --capture wal`"]  # fmt: skip
+    state = "INVALIDATED (wal_status lost)" if wal["wal_status"] == "lost" else f"wal_status {wal['wal_status']}"
+    t.add_row("capture slot", f"{slot}: {'active' if wal['slot_active'] else 'inactive'}, {state}")
+    retained = wal["retained_wal_bytes"]
+    safe = wal["safe_wal_size"]
+    t.add_row("retained WAL", "-" if retained is None else f"{retained / 2**20:.1f} MiB"
+              + ("" if safe is None else f" ({safe / 2**20:.0f} MiB before invalidation)"))  # fmt: skip
+    age = wal["oldest_unconfirmed_age"]
+    src = {"relay": "reported by the WAL relay", "peek": "peeked, no WAL relay running"}.get(
+        wal["oldest_unconfirmed_source"] or "", "unknown"
+    )
+    t.add_row("oldest unconfirmed event", ("-" if age is None else f"{age:.1f}s") + f" ({src})")
+    t.add_row("WAL relay leader", f"{wal['wal_leader'] or '-'} (alive={bool(wal['wal_leader_alive'])})")
+    if wal["wal_status"] == "lost":
+        warnings.append(f"slot {slot} is invalidated: events since its last confirmed position were not captured; "
+                        "recreate it with `outbox migrate --capture wal --recreate-slot`")  # fmt: skip
+    if retained is not None and retained > settings.wal_warn_retained_bytes:
+        warnings.append(f"slot {slot} retains {retained / 2**20:.0f} MiB of WAL (above OUTBOX_WAL_WARN_RETAINED_BYTES)")
+    if age is not None and age > settings.wal_warn_age:
+        warnings.append(f"the oldest unconfirmed event is {age:.0f}s old (above OUTBOX_WAL_WARN_AGE)")
+    return warnings
 
 
 def _filter(

@@ -255,3 +255,62 @@ def test_a_missing_slot_is_reported_with_the_fix(wal_db: LogicalDb, redis_url: s
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert res.returncode != 0
     assert "gone_slot" in res.stderr and "does not exist" in res.stderr
+
+
+def _status(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "outbox.cli", "status", *args]
+    return subprocess.run(cmd, env=relay_env(settings), capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def test_status_shows_the_slot_its_retained_wal_and_the_oldest_unconfirmed_event(
+    wal_writer: LogicalDb, wal_settings: Settings, rds, stream
+):
+    with psycopg.connect(wal_writer.url) as conn:
+        conn.execute("SELECT pg_sleep(0.3)")  # the event's commit is a little in the past when status peeks
+        _ticket(conn)
+        conn.execute("SELECT pg_sleep(0.3)")
+        conn.commit()
+    res = _status(wal_settings, "--json")
+    assert res.returncode == 0, res.stderr
+    wal = json.loads(res.stdout)["wal"]
+    assert wal["slot_exists"] and not wal["slot_active"] and wal["wal_status"] in ("reserved", "extended")
+    assert wal["retained_wal_bytes"] > 0
+    assert wal["oldest_unconfirmed_source"] == "peek" and wal["oldest_unconfirmed_age"] > 0
+    WalRelay(wal_settings).run(until_idle=True)
+    wal = json.loads(_status(wal_settings, "--json").stdout)["wal"]
+    assert wal["oldest_unconfirmed_age"] == 0.0  # nothing left in the slot
+    # Thresholds: a retained-WAL limit below what the slot holds is a warning under the table.
+    low = make_settings(wal_writer.url, wal_settings.redis_url or "", stream, capture="wal", wal_slot=wal_writer.slot,
+                        wal_publication=wal_writer.publication, wal_warn_retained_bytes=1)  # fmt: skip
+    res = _status(low)
+    assert res.returncode == 0 and "capture slot" in res.stdout and "retains" in res.stderr, res.stderr
+
+
+def test_status_says_how_to_recover_a_missing_slot(wal_db: LogicalDb, redis_url: str, stream: str, rds):
+    s = make_settings(wal_db.url, redis_url, stream, capture="wal", wal_slot="gone_slot",
+                      wal_publication=wal_db.publication)  # fmt: skip
+    res = _status(s)
+    assert res.returncode == 0
+    assert "MISSING" in res.stdout and "outbox migrate --capture wal" in res.stderr
+
+
+def test_migrate_creates_the_slot_idempotently_and_refuses_a_server_without_logical_wal(
+    logical_db: LogicalDb, db_url: str, redis_url: str, stream: str
+):
+    s = make_settings(logical_db.url, redis_url, stream, capture="wal", wal_slot=logical_db.slot,
+                      wal_publication=logical_db.publication)  # fmt: skip
+    cmd = [sys.executable, "-m", "outbox.cli", "migrate"]
+    first = subprocess.run(cmd, env=relay_env(s), capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert f"slot {logical_db.slot} created" in first.stderr
+    again = subprocess.run(cmd, env=relay_env(s), capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert again.returncode == 0 and f"slot {logical_db.slot} exists" in again.stderr
+    # The shared test server (or the session's own default one) runs wal_level=replica.
+    replica = make_settings(db_url, redis_url, stream, capture="wal")
+    with psycopg.connect(db_url) as conn:
+        level = conn.execute("SHOW wal_level").fetchone()
+    if level == ("logical",):
+        pytest.fail("the default test server must run wal_level=replica for this check")
+    res = subprocess.run(cmd, env=relay_env(replica), capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert res.returncode == 2
+    assert "wal_level" in res.stderr and "logical" in res.stderr
