@@ -82,9 +82,13 @@ def check_name(name: str) -> str:
 # ---- What the stream delivers ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WalMessage:
-    """One logical decoding message: its own LSN (the end of its WAL record), its index in its transaction."""
+    """One logical decoding message: its own LSN (the end of its WAL record), its index in its transaction.
+
+    Read-only by convention: not frozen, because one is built per message and a frozen dataclass costs about
+    four times as much to build (a NamedTuple cannot have a field named ``index``).
+    """
 
     lsn: int
     index: int
@@ -385,10 +389,11 @@ class WalReader:
         if end + 5 + length != len(data):
             raise self._protocol(f"message content of {length} bytes in a {len(data)}-byte frame")
         raw_prefix = data[at + 9 : end]
-        if self._prefix is not None and raw_prefix != self._prefix:
-            return
-        prefix = self._prefixes.get(raw_prefix)
-        if prefix is None:
+        if self.prefix is not None:
+            if raw_prefix != self._prefix:
+                return
+            prefix = self.prefix
+        elif (prefix := self._prefixes.get(raw_prefix)) is None:  # type: ignore[assignment]
             prefix = self._prefixes[raw_prefix] = raw_prefix.decode(errors="replace")
         content = data[end + 5 :]
         if flags & 1:
