@@ -370,15 +370,16 @@ class Embedded:
     extra); if either server fails, both are stopped and their directories deleted before the error.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, pg_settings: dict[str, str] | None = None) -> None:
         self.pg: PostgresServer | None = None
         self.redis: RedisServer | None = None
+        self._pg_settings = pg_settings
 
     def __enter__(self) -> Embedded:
         postgres_bin_dir()
         redis_server_binary()
         try:
-            self.pg = PostgresServer()
+            self.pg = PostgresServer(settings=self._pg_settings)
             self.pg.start()
             self.redis = RedisServer()
             self.redis.start()

@@ -13,7 +13,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -23,8 +24,11 @@ from rich.console import Console
 from rich.table import Table
 
 import outbox
-from outbox import migrate
+from outbox import migrate, walmsg
 from outbox.embedded import DEMO_EXTRA, Embedded, EmbeddedServerError, MissingServerError
+from outbox.errors import WalStreamError
+from outbox.relay.setup import setup_wal
+from outbox.relay.walstream import drop_slot
 from outbox.settings import load_settings
 
 DEMO_SCHEMA = """
@@ -33,12 +37,15 @@ CREATE TABLE IF NOT EXISTS demo_tickets (
     priority text NOT NULL, assignee uuid, updated_at timestamptz NOT NULL DEFAULT now()
 )
 """
+LOGICAL = {"wal_level": "logical", "max_replication_slots": "4", "max_wal_senders": "4"}
 TENANTS = [f"tenant-{n}" for n in ("acme", "globex", "initech", "umbrella")]
 STATUSES = ["new", "open", "waiting", "resolved", "closed"]
 
 
 @contextlib.contextmanager
-def _servers(database_url: str | None, redis_url: str | None, console: Console) -> Iterator[tuple[str, str]]:
+def _servers(
+    database_url: str | None, redis_url: str | None, console: Console, capture: str
+) -> Iterator[tuple[str, str]]:
     if database_url and redis_url:
         # Configured servers: use a throwaway database there, never the configured one itself.
         with redis.Redis.from_url(redis_url, socket_connect_timeout=5) as r:
@@ -56,7 +63,8 @@ def _servers(database_url: str | None, redis_url: str | None, console: Console) 
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         return
     console.print("no OUTBOX_DATABASE_URL/OUTBOX_REDIS_URL: starting throwaway Postgres and Redis ...")
-    with Embedded() as emb:
+    # WAL mode decodes the WAL: the throwaway server runs wal_level=logical.
+    with Embedded(pg_settings=LOGICAL if capture == "wal" else None) as emb:
         console.print(f"  postgres {emb.database_url}\n  redis    {emb.redis_url}")
         yield emb.database_url, emb.redis_url
 
@@ -76,7 +84,8 @@ def _relay(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
 class _Burst:
     """Writers doing ticket work; remembers what committed, what rolled back, what was written invalid."""
 
-    def __init__(self, dsn: str, transactions: int, writers: int) -> None:
+    def __init__(self, dsn: str, transactions: int, writers: int, capture: str = "poll") -> None:
+        self.capture = capture
         self.dsn = dsn
         self.transactions = transactions
         self.writers = writers
@@ -114,13 +123,27 @@ class _Burst:
                 )))  # fmt: skip
                 prev = new
             if roll < 0.01:
-                # A writer that bypasses record(): its row reaches the relay, which must dead-letter it.
+                # A writer that bypasses record(): its event reaches the relay, which must dead-letter it.
                 bad = str(uuid.uuid4())
-                conn.execute(
-                    "INSERT INTO outbox_events (event_id, tenant_id, event_type, schema_ref, payload, occurred_at) "
-                    "VALUES (%s, %s, 'TICKET_STATUS_CHANGED', 'payload.TicketStatusChanged.v1', %s::jsonb, now())",
-                    (bad, tenant, json.dumps({"tenantId": tenant, "ticketId": "not-a-uuid"})),
-                )
+                payload = json.dumps({"tenantId": tenant, "ticketId": "not-a-uuid"})
+                if self.capture == "wal":
+                    head = {
+                        "v": 1,
+                        "id": bad,
+                        "tenant": tenant,
+                        "type": "TICKET_STATUS_CHANGED",
+                        "schema": "payload.TicketStatusChanged.v1",
+                        "at": walmsg.column_text(datetime.now(UTC)),
+                    }
+                    conn.execute(
+                        "SELECT pg_logical_emit_message(true, 'outbox', %s)", (json.dumps(head) + "\n" + payload,)
+                    )
+                else:
+                    conn.execute(
+                        "INSERT INTO outbox_events (event_id, tenant_id, event_type, schema_ref, payload, occurred_at) "
+                        "VALUES (%s, %s, 'TICKET_STATUS_CHANGED', 'payload.TicketStatusChanged.v1', %s::jsonb, now())",
+                        (bad, tenant, payload),
+                    )  # fmt: skip
                 ids.append(bad)
             if roll < 0.02:
                 try:  # bad input through record(): refused, nothing written, transaction still fine
@@ -161,29 +184,34 @@ class _Burst:
         return time.perf_counter() - started
 
 
-def _drain(dsn: str, relay: subprocess.Popen[bytes], console: Console, stall_s: float = 30) -> None:
-    """Wait until the relay has published every pending row; give up if it exits or stops making progress."""
+def _drain(remaining: Callable[[], int], relay: subprocess.Popen[bytes], console: Console, stall_s: float = 30) -> None:
+    """Wait until the relay has handled every event; give up if it exits or stops making progress."""
     last, progress_at = -1, time.monotonic()
-    with psycopg.connect(dsn, autocommit=True) as c:
-        while pending := c.execute("SELECT count(*) FROM outbox_events WHERE status = 'pending'").fetchone()[0]:  # type: ignore[index]
-            if relay.poll() is not None:
-                console.print("[red]the relay exited before publishing everything[/]")
-                return
-            if pending != last:
-                last, progress_at = pending, time.monotonic()
-            elif time.monotonic() - progress_at > stall_s:
-                console.print(f"[red]the relay published nothing for {stall_s:.0f}s ({pending} rows pending)[/]")
-                return
-            time.sleep(0.05)
+    while pending := remaining():
+        if relay.poll() is not None:
+            console.print("[red]the relay exited before publishing everything[/]")
+            return
+        if pending != last:
+            last, progress_at = pending, time.monotonic()
+        elif time.monotonic() - progress_at > stall_s:
+            console.print(f"[red]the relay published nothing for {stall_s:.0f}s ({pending} events left)[/]")
+            return
+        time.sleep(0.05)
 
 
 def run_demo(
-    *, transactions: int, writers: int, database_url: str | None, redis_url: str | None, console: Console
+    *,
+    transactions: int,
+    writers: int,
+    database_url: str | None,
+    redis_url: str | None,
+    console: Console,
+    capture: str = "poll",
 ) -> int:
     """Run the demo; 0 when every check passes, 1 when one fails or a server does not start, 2 without servers."""
     err = Console(stderr=True)
     try:
-        return _run(transactions, writers, database_url, redis_url, console)
+        return _run(transactions, writers, database_url, redis_url, console, capture)
     except MissingServerError as exc:
         err.print(
             f"error: outbox demo needs the embedded servers (no {exc.missing} found): {DEMO_EXTRA}, "
@@ -195,6 +223,9 @@ def run_demo(
         err.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         err.print("removed the temporary servers and their data", highlight=False)
         return 1
+    except WalStreamError as exc:
+        err.print(f"error: --capture wal: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 2
     except psycopg.OperationalError as exc:
         err.print(f"database unavailable: {' '.join(str(exc).split())}", markup=False, highlight=False, soft_wrap=True)
         return 3
@@ -203,40 +234,69 @@ def run_demo(
         return 3
 
 
-def _run(transactions: int, writers: int, database_url: str | None, redis_url: str | None, console: Console) -> int:
-    stream = f"demo:{uuid.uuid4().hex[:8]}:workflow:events:global"
-    with _servers(database_url, redis_url, console) as (dsn, rurl):
+def _run(
+    transactions: int, writers: int, database_url: str | None, redis_url: str | None, console: Console, capture: str
+) -> int:
+    tag = uuid.uuid4().hex[:8]
+    stream = f"demo:{tag}:workflow:events:global"
+    slot = f"outbox_demo_{tag}"  # slot names are server-wide: never one a real relay uses
+    with _servers(database_url, redis_url, console, capture) as (dsn, rurl):
         migrate.upgrade(dsn)
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute(DEMO_SCHEMA)
-        settings = load_settings(database_url=dsn, redis_url=rurl, stream=stream, log_level="ERROR")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
-        env.update({"OUTBOX_" + k.upper(): str(v) for k, v in settings.model_dump().items() if v is not None})
-        with _relay(env) as relay:
-            with psycopg.connect(dsn, autocommit=True) as c:
-                deadline = time.monotonic() + 30
-                leading = "SELECT lease_until > now() FROM outbox_relay WHERE name = 'default'"
-                while not c.execute(leading).fetchone()[0]:  # type: ignore[index]
-                    if time.monotonic() > deadline or relay.poll() is not None:
-                        console.print("[red]the relay did not start[/]")
-                        return 1
-                    time.sleep(0.05)
-            console.print(f"burst: {transactions} business transactions from {writers} writers, relay running ...")
-            burst = _Burst(dsn, transactions, writers)
-            write_s = burst.run()
-            t0 = time.perf_counter()
-            _drain(dsn, relay, console)
-            drain_tail = time.perf_counter() - t0
-            relay.send_signal(signal.SIGTERM)
-            relay_rc = relay.wait(15)
-        rds = redis.Redis.from_url(rurl, decode_responses=True)
-        entries: list[tuple[str, dict[str, str]]] = rds.xrange(stream)  # type: ignore[assignment]
-        rds.delete(stream)
-        for key in rds.scan_iter(match=f"*{stream}*"):
-            rds.delete(key)
-        with psycopg.connect(dsn) as c:
-            dead: dict[str, str] = dict(c.execute(
-                "SELECT event_id::text, last_error FROM outbox_events WHERE status = 'dead'").fetchall())  # fmt: skip
+        if capture == "wal":
+            setup_wal(dsn, slot, slot)
+            outbox.configure(capture="wal", wal_slot=slot)
+            console.print(f"WAL capture: slot {slot} (wal_level=logical)")
+        try:
+            return _burst_and_check(dsn, rurl, stream, slot, transactions, writers, console, capture)
+        finally:
+            if capture == "wal":
+                outbox.configure(capture="poll")
+                with psycopg.connect(dsn, autocommit=True) as c:  # a slot left behind would pin the server's WAL
+                    drop_slot(c, slot)
+
+
+def _burst_and_check(
+    dsn: str, rurl: str, stream: str, slot: str, transactions: int, writers: int, console: Console, capture: str
+) -> int:
+    settings = load_settings(database_url=dsn, redis_url=rurl, stream=stream, log_level="ERROR",
+                             capture=capture, wal_slot=slot, wal_publication=slot)  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    env.update({"OUTBOX_" + k.upper(): str(v) for k, v in settings.model_dump().items() if v is not None})
+    with _relay(env) as relay:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            deadline = time.monotonic() + 30
+            leading = "SELECT lease_until > now() FROM outbox_relay WHERE name = %s"
+            while not c.execute(leading, ("wal" if capture == "wal" else "default",)).fetchone()[0]:  # type: ignore[index]
+                if time.monotonic() > deadline or relay.poll() is not None:
+                    console.print("[red]the relay did not start[/]")
+                    return 1
+                time.sleep(0.05)
+        console.print(f"burst: {transactions} business transactions from {writers} writers, relay running ...")
+        burst = _Burst(dsn, transactions, writers, capture)
+        write_s = burst.run()
+        t0 = time.perf_counter()
+        with psycopg.connect(dsn, autocommit=True) as c, redis.Redis.from_url(rurl) as r:
+
+            def remaining() -> int:
+                if capture == "poll":
+                    return int(c.execute("SELECT count(*) FROM outbox_events WHERE status = 'pending'").fetchone()[0])  # type: ignore[index]
+                dead_rows = int(c.execute("SELECT count(*) FROM outbox_events WHERE status = 'dead'").fetchone()[0])  # type: ignore[index]
+                return max(0, len(burst.committed) + len(burst.invalid) - int(r.xlen(stream)) - dead_rows)
+
+            _drain(remaining, relay, console)
+        drain_tail = time.perf_counter() - t0
+        relay.send_signal(signal.SIGTERM)
+        relay_rc = relay.wait(15)
+    rds = redis.Redis.from_url(rurl, decode_responses=True)
+    entries: list[tuple[str, dict[str, str]]] = rds.xrange(stream)  # type: ignore[assignment]
+    rds.delete(stream)
+    for key in rds.scan_iter(match=f"*{stream}*"):
+        rds.delete(key)
+    with psycopg.connect(dsn) as c:
+        dead: dict[str, str] = dict(c.execute(
+            "SELECT event_id::text, last_error FROM outbox_events WHERE status = 'dead'").fetchall())  # fmt: skip
 
     seen: dict[str, int] = {}
     lat_ms: list[float] = []

@@ -436,12 +436,18 @@ def demo(
     writers: Annotated[int, typer.Option(help="Concurrent writer threads")] = 8,
     database_url: DbUrl = None,
     redis_url: RedisUrl = None,
+    capture: Annotated[
+        str, typer.Option("--capture", help="poll (outbox table) or wal (logical slot; embedded server runs logical)")
+    ] = "poll",
 ) -> None:
     """Start throwaway Postgres+Redis (unless URLs are set), run a realistic burst, relay it and check it."""
     from outbox.cli.demo import run_demo
 
+    if capture not in ("poll", "wal"):
+        err.print(f"[red]--capture must be poll or wal[/], got {capture!r}")
+        raise typer.Exit(2)
     raise typer.Exit(run_demo(transactions=transactions, writers=writers, database_url=database_url,
-                              redis_url=redis_url, console=out))  # fmt: skip
+                              redis_url=redis_url, console=out, capture=capture))  # fmt: skip
 
 
 def main() -> int:

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from outbox.embedded import DEMO_EXTRA, free_port, redis_server_binary
@@ -180,3 +181,27 @@ def test_demo_with_configured_servers_unreachable_says_so_in_one_line(which, pri
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"{which} unavailable:") and str(closed) in lines[0], res.stderr
     assert_cleaned_up(demo_tmp)
+
+
+def test_demo_in_wal_mode_on_its_own_logical_server(private_dir, demo_tmp):
+    """`outbox demo --capture wal`: the throwaway server runs wal_level=logical, record() emits messages, the WAL
+    relay publishes them, the non-validating writer's messages become dead rows. Everything is removed after."""
+    res = demo(private_dir, demo_tmp, "--transactions", "100", "--capture", "wal")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "WAL capture: slot outbox_demo_" in res.stdout
+    assert "PASS every committed event is on the stream" in res.stdout and "FAIL" not in res.stdout
+    assert_no_traceback(res)
+    assert_cleaned_up(demo_tmp)
+
+
+def test_demo_in_wal_mode_on_a_server_without_logical_wal_says_so(private_dir, demo_tmp, pg_admin_url, redis_base_url):
+    with psycopg.connect(pg_admin_url) as c:
+        if c.execute("SHOW wal_level").fetchone() == ("logical",):
+            pytest.fail("the default test server must run wal_level=replica for this check")
+    res = demo(private_dir, demo_tmp, "--transactions", "10", "--capture", "wal", "--database-url", pg_admin_url,
+               "--redis-url", redis_base_url)  # fmt: skip
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert_no_traceback(res)
+    assert "wal_level" in res.stderr and "logical" in res.stderr
+    with psycopg.connect(pg_admin_url) as c:  # the throwaway database is gone again
+        assert not c.execute("SELECT datname FROM pg_database WHERE datname LIKE 'outbox_demo_%'").fetchall()
