@@ -33,6 +33,7 @@ from outbox.relay.encode import encode, reason
 from outbox.relay.fence import publish_all
 from outbox.relay.lease import Lease, LostLease
 from outbox.relay.loop import RelayStats
+from outbox.relay.loss import Loss, LossWatch
 from outbox.relay.publisher import Outgoing, Publisher, RedisStreamPublisher, fence_key
 from outbox.retry import Outage, backoff_delay, postgres_config_error, quiet_pipeline_noise
 from outbox.schemas.registry import Registry
@@ -89,7 +90,7 @@ class WalRelay:
         self._slot_outage = Outage("capture slot", log)
         self._oldest: datetime | None = None  # commit time of the oldest event read and not yet confirmed
         self._slot_checked = 0.0
-        self._warned: set[str] = set()
+        self._loss = LossWatch(self._report_loss)
         quiet_pipeline_noise()
 
     @property
@@ -212,7 +213,10 @@ class WalRelay:
             self._write_dead(db, dead)
         if out:
             assert self._publisher is not None
-            appended, skipped = publish_all(self._publisher, out, sent=lambda _r, _b: None, failed=self._broker_failed)
+            appended, skipped = publish_all(
+                self._publisher, out, failed=self._broker_failed,
+                sent=lambda result, batch: self._loss.on_publish(result, [o.seq for o in batch]),
+            )  # fmt: skip
             self.stats.published += appended
             self.stats.fence_skipped += skipped
         # Only now, with every event below it in Redis (or dead in Postgres), may the slot move on.
@@ -232,6 +236,16 @@ class WalRelay:
             cur.executemany(sql.INSERT_DEAD, rows)
         db.commit()
         self.stats.dead += len(dead)
+
+    def _report_loss(self, loss: Loss) -> None:
+        """One loud line per loss. WAL mode keeps no published event in Postgres: nothing to republish from."""
+        metrics.REDIS_LOSS.labels(loss.what).inc()
+        log.error(
+            "REDIS LOST PUBLISHED EVENTS on stream %s: %s. Events at positions above %d may be missing from the "
+            "stream (new events are still published exactly once). WAL capture keeps no copy of published events "
+            "in Postgres, so `outbox republish` cannot restore them: re-derive them from the business tables",
+            self.settings.stream, loss.detail, loss.after_seq,
+        )  # fmt: skip
 
     def _broker_failed(self, attempt: int, error: BrokerError, held: int) -> None:
         self.stats.broker_errors += 1
@@ -256,6 +270,8 @@ class WalRelay:
         if self._publisher is not None:
             self._publisher.close()
         self._publisher = self._publisher_factory(instance)
+        with contextlib.suppress(BrokerError):  # Redis down: the publish path waits for it (and reports it)
+            self._loss.baseline(self._publisher.high_water() or None, None)
         # A predecessor that lost the lease may still hold the slot (paused, partitioned): end its walsender.
         status = walstream.slot_status(db, self.settings.wal_slot)
         db.rollback()

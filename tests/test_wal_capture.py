@@ -314,3 +314,27 @@ def test_migrate_creates_the_slot_idempotently_and_refuses_a_server_without_logi
     res = subprocess.run(cmd, env=relay_env(replica), capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert res.returncode == 2
     assert "wal_level" in res.stderr and "logical" in res.stderr
+
+
+def test_a_redis_that_lost_the_stream_is_reported_and_new_events_stay_exactly_once(
+    wal_writer: LogicalDb, wal_settings: Settings, rds, stream, caplog
+):
+    with psycopg.connect(wal_writer.url) as conn:
+        first = [str(_ticket(conn)) for _ in range(3)]
+        conn.commit()
+    relay = WalRelay(wal_settings)
+    t = threading.Thread(target=relay.run)
+    t.start()
+    try:
+        wait_for(lambda: _ids(rds, stream) == first, what="the first events")
+        for key in rds.scan_iter(match=f"*{stream}*"):  # what a Redis restart without persistence leaves: nothing
+            rds.delete(key)
+        with psycopg.connect(wal_writer.url) as conn:
+            later = [str(_ticket(conn)) for _ in range(3)]
+            conn.commit()
+        wait_for(lambda: _ids(rds, stream) == later, what="the new events, once each")
+    finally:
+        relay.stop()
+        t.join(15)
+    lines = [r.getMessage() for r in caplog.records if "REDIS LOST PUBLISHED EVENTS" in r.getMessage()]
+    assert len(lines) == 1 and "cannot restore them" in lines[0], lines
