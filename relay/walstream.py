@@ -14,6 +14,7 @@ Also here: LSN text <-> int, the slot and publication helpers (normal connection
 
 from __future__ import annotations
 
+import math
 import re
 import select
 import struct
@@ -182,6 +183,9 @@ class WalReader:
     the server has sent nothing for that long although asked to answer every ``status_interval``; it must exceed
     what the server may spend decoding one big transaction without a word (on PG 15+ about half its
     ``wal_sender_timeout``). Not thread-safe: one thread reads and confirms.
+
+    The loop: ``items = read(t)``; store them; ``confirm(items[-1].end_lsn)``, or, when everything returned so
+    far is stored, ``confirm(caught_up_lsn)`` (see there: without it a server's fast shutdown never completes).
     """
 
     def __init__(
@@ -231,9 +235,10 @@ class WalReader:
     def caught_up_lsn(self) -> int:
         """Every item the server will ever send below this LSN has been returned by ``read``.
 
-        Once everything ``read`` returned is stored, ``confirm(caught_up_lsn)`` is safe; it is how an idle slot
-        (no messages, but other writes) stops pinning WAL. Moves on at each Commit and at keepalives between
-        transactions.
+        Once everything ``read`` returned is stored, ``confirm(caught_up_lsn)`` is safe, and the caller should
+        do it then: it is how an idle slot (no messages, but other writes) stops pinning WAL, and a fast shutdown
+        of the server waits until its walsender's client has confirmed everything sent (with the reader still
+        answering keepalives, it waits for ever). Moves on at each Commit and at keepalives between transactions.
         """
         return self._caught_up
 
@@ -466,7 +471,7 @@ class WalReader:
         poller = select.poll()
         mask = select.POLLIN | (select.POLLOUT if write else 0)
         poller.register(self.conn.pgconn.socket, mask)
-        return bool(poller.poll(int(timeout * 1000) if timeout else 0))
+        return bool(poller.poll(math.ceil(timeout * 1000)))
 
     # -- errors -------------------------------------------------------------------------------------------------
 
@@ -477,6 +482,8 @@ class WalReader:
         while (res := pg.get_result()) is not None:
             if first is None and res.status in (pq.ExecStatus.FATAL_ERROR, pq.ExecStatus.NONFATAL_ERROR):
                 first = res
+            if res.status in (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH):
+                break  # the server's CopyDone: libpq would hand out this state forever
         if first is not None:
             return self._result_error(first)
         return WalStreamError(f'replication slot "{self.slot}": the server ended the stream', transient=True)
@@ -494,11 +501,12 @@ class WalReader:
         """A psycopg error as a ``WalStreamError`` with the server's reason and SQLSTATE, when it gave one."""
         sqlstate = exc.sqlstate
         reason = (exc.diag.message_primary if sqlstate else None) or str(exc).strip() or type(exc).__name__
-        if sqlstate is None:
+        if sqlstate is None and not self.conn.closed:
             # A broken connection: libpq's message may still hold the server's last words (a FATAL).
             with_server = self.conn.pgconn.error_message.decode(errors="replace").strip()
             if with_server and with_server not in reason:
                 reason = f"{reason} ({with_server})"
+        reason = " ".join(reason.split())  # one line: libpq's messages span several
         code = f" (SQLSTATE {sqlstate})" if sqlstate else ""
         return WalStreamError(
             f'replication slot "{self.slot}": {reason}{code}', sqlstate=sqlstate, transient=_transient(sqlstate)

@@ -527,3 +527,43 @@ def test_invalidated_slot_fails_clearly() -> None:
             assert res is not None and res.error_field(psycopg.pq.DiagnosticField.SQLSTATE) == b"55000"
         finally:
             raw.close()
+
+
+def test_fast_shutdown_completes_when_the_caller_confirms_caught_up() -> None:
+    # A stopping walsender waits until its client has confirmed everything it sent; the reader keeps answering
+    # its keepalives, so only the caller's confirm(caught_up_lsn) lets the server shut down.
+    with PostgresServer(settings={"wal_level": "logical"}) as server:
+        with psycopg.connect(server.url(), autocommit=True) as conn:
+            ws.ensure_publication(conn, "outbox")
+            ws.ensure_slot(conn, "outbox")
+            conn.execute("CREATE TABLE busy (n int)")
+            with conn.transaction():
+                emit(conn, "stored")
+            conn.execute("INSERT INTO busy VALUES (1)")  # WAL after the last message
+        reader = ws.WalReader(ws.connect(server.url()), "outbox", "outbox")
+        reader.start()
+        errors: list[WalStreamError] = []
+        stored: list[ws.WalTransaction] = []
+
+        def relay() -> None:
+            try:
+                while True:
+                    stored.extend(reader.read(0.2))  # "stored"
+                    reader.confirm(reader.caught_up_lsn)
+            except WalStreamError as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=relay, daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: stored, what="the message read")
+            with psycopg.connect(server.url(), autocommit=True) as conn:
+                current = ws.current_lsn(conn)
+            wait_for(lambda: reader.confirmed_lsn >= current, what="everything sent confirmed")
+            started = time.monotonic()
+            server.stop()
+            assert time.monotonic() - started < 10
+            thread.join(10)
+            assert errors and errors[0].transient
+        finally:
+            reader.close()
