@@ -78,15 +78,30 @@ def timestamp(occurred_at: Any, column: str) -> str:
     raise WireError(f"payload occurredAt {shown} is not an ISO-8601 date-time (years 0001-9999, with an offset)")
 
 
+def field(payload: Any, key: str) -> Any:
+    """A validated payload's value for ``key`` (a declared field or an extra one), else None.
+
+    Same answer as ``getattr(model, key, None)`` without its cost for an absent key: pydantic's ``__getattr__``
+    raises and catches an AttributeError inside, about 5 us per miss, paid per event on the relay's hot path.
+    """
+    if isinstance(payload, dict):
+        return payload.get(key)
+    value = payload.__dict__.get(key)
+    if value is None:
+        extra = getattr(payload, "__pydantic_extra__", None)
+        if extra:
+            return extra.get(key)
+    return value
+
+
 def user_id_of(payload: Any) -> str:
     """The wire ``user_id``: ``actorUserId``, else ``userId``, whichever first holds a UUID; else ``""``.
 
     The platform's reader accepts a UUID or nothing, so free text (``CUSTOM_EVENT``'s loose ``userId``, an
     undeclared key) never reaches the envelope; it stays in ``payload_json``.
     """
-    get = payload.get if isinstance(payload, dict) else (lambda k: getattr(payload, k, None))
     for key in ("actorUserId", "userId"):
-        value = get(key)
+        value = field(payload, key)
         if isinstance(value, str) and is_uuid(value):
             return value
     return ""

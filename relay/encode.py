@@ -40,11 +40,11 @@ def encode(r: Captured, registry: Registry, max_payload_bytes: int) -> list[str]
     """The stream entry of one event, checked by the reader's envelope rules; raises whatever is wrong with it."""
     column_ts = wire.column_timestamp(r.timestamp)  # WireError: infinite, BC, after 9999
     model = registry.validate_json(r.event_type, r.payload, ref=r.schema_ref)
-    tenant = str(getattr(model, "tenantId", "") or "")
+    tenant = str(wire.field(model, "tenantId") or "")
     if tenant != r.tenant_id:
         raise TenantMismatch(r.event_type, tenant, r.tenant_id)
     wire.check_payload_json(r.event_type, r.payload, max_payload_bytes)  # same rule as record
-    timestamp = wire.timestamp(getattr(model, "occurredAt", None), column_ts)  # WireError
+    timestamp = wire.timestamp(wire.field(model, "occurredAt"), column_ts)  # WireError
     user_id = wire.user_id_of(model)
     # The contract validation above parsed payload_json as a JSON object (every contract is an object).
     err = envelope.fields_violation(

@@ -129,7 +129,8 @@ def test_bad_on_own_server(stream):
 
 def test_conformance_fixture_fails_a_test_that_leaves_a_rejected_entry(tmp_path: Path):
     (tmp_path / "tests").mkdir()
-    shutil.copy(os.path.join(ROOT, "tests", "conftest.py"), tmp_path / "tests" / "conftest.py")
+    for name in ("conftest.py", "logical.py"):  # conftest loads the WAL mode's fixtures from tests/logical.py
+        shutil.copy(os.path.join(ROOT, "tests", name), tmp_path / "tests" / name)
     (tmp_path / "tests" / "__init__.py").write_text("")
     (tmp_path / "tests" / "test_inner.py").write_text(textwrap.dedent(_INNER))
     env = {**os.environ, "PYTHONPATH": str(tmp_path) + os.pathsep + ROOT}
