@@ -121,6 +121,7 @@ class WalRelay:
                     self._standby()
                 except WalStreamError as exc:
                     self._close_reader()
+                    self.stats.db_errors += 1
                     metrics.DB_ERRORS.inc()
                     if not exc.transient:
                         metrics.WAL_SLOT_OK.set(0)
