@@ -1,4 +1,6 @@
-"""The relay daemon: claim committed outbox rows, validate, publish through the fence, mark."""
+"""The poll relay daemon: the pipeline that wires the lease (relay/lease.py), the outbox table as capture source
+(relay/claim.py), validation (relay/encode.py), the publish step through the fence (relay/fence.py) and the marker
+(relay/marker.py), with the ordering rules between them, outages, and Redis checks."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,11 +22,13 @@ from outbox.errors import BrokerError, OutboxError
 from outbox.liveness import Liveness
 from outbox.ops import missing_tables
 from outbox.relay import metrics, sql
+from outbox.relay.claim import ClaimSource, Row
 from outbox.relay.encode import encode, reason
 from outbox.relay.fence import publish_all
 from outbox.relay.guard import RISK_CODES, RedisGuard, Risk
 from outbox.relay.lease import Lease, LostLease
 from outbox.relay.loss import Loss, LossWatch
+from outbox.relay.marker import Mark, Marker, write_mark
 from outbox.relay.publisher import (
     Outgoing,
     Publisher,
@@ -59,39 +62,6 @@ class RelayStats:
     broker_errors: int = 0
     db_errors: int = 0
     leader_epochs: list[int] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Row:
-    batch: int
-    seq: int
-    id: int
-    event_id: str
-    tenant_id: str
-    event_type: str
-    schema_ref: str
-    payload: str
-    timestamp: str
-    execution_id: str | None
-    event_name: str | None
-    from_state: str | None
-    to_state: str | None
-    correlation_key: str | None
-    attempts: int
-
-
-@dataclass(slots=True)
-class _Mark:
-    """The outcome of one batch, written (with the batch closed) by the marker thread."""
-
-    batch: int
-    published: list[tuple[int, str | None, int]] = field(default_factory=list)  # (row id, stream id, seq)
-    dead: list[tuple[int, str]] = field(default_factory=list)
-    failed: list[tuple[int, str]] = field(default_factory=list)
-
-
-# A recovered batch that a relay died with is split into this many parts (see Relay._split).
-_SPLIT_INTO = 16
 
 
 class _Stop(Exception):
@@ -135,28 +105,12 @@ class Relay:
         self._publisher: Publisher | None = None
         self._instance_id: str | None = None
         self.lease = Lease("default", self.me, settings.lease_ttl)
-        self._recover = True
-        # Marks are written by one marker thread on its own connection, in parallel with the next claim
-        # (a mark UPDATE of a full batch costs Postgres about as much as the claim itself). Until a
-        # batch's mark has committed its rows are still 'pending', so every claim excludes them by id
-        # (``_unmarked``); at most one mark is in flight (``_submit_mark`` waits for the previous one).
-        # A mark that fails on the marker is written again on the main connection (so a marker that cannot
-        # connect slows the relay down but never stops it); if that fails too, the batch stays open, its
-        # ids stay excluded, and recovery sends it again through the fence (which drops every event).
-        self._mark_lock = threading.Lock()
-        self._unmarked: dict[int, list[int]] = {}  # batch id -> row ids whose mark has not committed
-        self._mark_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-mark")
-        self._mark_db: psycopg.Connection[Any] | None = None
-        self._mark_fut: Future[None] | None = None
-        self._mark_inflight: _Mark | None = None
-        self._marker_down_since: float | None = None
-        # Claim-ahead: while one full batch is validated and sent to Redis, the next one is claimed on a
-        # second connection by one worker thread (psycopg releases the GIL while it waits on Postgres).
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-claim")
-        self._ahead_db: psycopg.Connection[Any] | None = None
-        self._prefetch: Future[list[_Row]] | None = None
+        # The pipeline's parts besides the lease: the capture source (claims on the main connection, the next
+        # batch claimed ahead on its own), validation (encode), the publish step (publish_all, through the
+        # fence), and the marker (marks written on its own thread, overlapping the next claim).
+        self.claims = ClaimSource(self.lease, settings, lambda: self._open("outbox-relay"))
+        self.marker = Marker(lambda: self._open("outbox-relay-mark"), left_open=self.claims.interrupted)
         self._idle = False
-        self._pruned_at = 0.0
         self._last_busy = time.monotonic()
         self._db_outage = Outage("database", log)  # one line when an outage starts, one when it ends
         self._db_reached = False  # Postgres let us in once: from then on a refused login is an outage
@@ -225,34 +179,11 @@ class Relay:
             self._shutdown()
         return self.stats
 
-    def _drop_prefetch(self, *, release: bool = False) -> None:
-        """Wait for a claim-ahead in flight. Nothing of its batch was sent: on a clean stop (``release``)
-        the batch is deleted so its rows are simply pending again; otherwise it stays open for recovery."""
-        fut, self._prefetch = self._prefetch, None
-        if fut is None:
-            return
-        rows: list[_Row] = []
-        with contextlib.suppress(Exception):
-            rows = fut.result(timeout=30)
-        if release and rows and self._db is not None:
-            try:
-                self._db.execute(sql.CLOSE_BATCH, (rows[0].batch,))
-                self._db.commit()
-                return
-            except psycopg.Error:
-                pass
-        self._recover = True
-
     def _shutdown(self) -> None:
-        self._drop_prefetch(release=self.epoch is not None)
-        self._pool.shutdown(wait=True)
-        with contextlib.suppress(psycopg.Error):
-            self._await_mark()
-        self._mark_pool.shutdown(wait=True)
-        for extra in (self._ahead_db, self._mark_db):
-            if extra is not None:
-                extra.close()
-        self._ahead_db = self._mark_db = None
+        # A batch claimed ahead was not sent: on a clean stop (leader) it is released, its rows pending again.
+        self.claims.drop_ahead(release_on=self._db if self.epoch is not None else None)
+        self.claims.shutdown()
+        self.marker.shutdown(self._db)
         if self.epoch is not None and self._db is not None and not self._db.closed:
             try:
                 self.lease.release(self._db)
@@ -280,36 +211,35 @@ class Relay:
         if self._waited_for_redis:
             return True  # strict mode: nothing happens before Redis' settings have been checked
         db = self._connect()
-        if self._mark_fut is not None and self._mark_fut.done():
-            self._await_mark()  # see a failed mark now, not only when the next batch is handed over
+        if self.marker.finished:
+            self.marker.wait(self._db)  # see a failed mark now, not only when the next batch is handed over
         if self.epoch is None and not self._acquire(db):
             self.liveness.state("standby")
             if until_idle:
                 return False
             self.liveness.wait(self._stop, self.settings.lease_ttl / 3)
             return True
-        now = time.monotonic()
         if self.lease.due():
             self._renew(db, idle=self._idle)
-        if now - self._pruned_at > self.settings.prune_interval:
-            self._prune(db)
-        if self._recover:
+        if self.claims.prune_due():
+            self.claims.prune(db)
+        if self.claims.recovering:
             # An interrupted batch must go out before anything claimed after it: positions only grow on
             # the stream, and the fence would otherwise drop the older batch's unsent rows.
-            self._drop_prefetch()
-        blamed = False
-        if self._prefetch is not None:
-            fut, self._prefetch = self._prefetch, None
-            rows, recovered = fut.result(), False
+            self.claims.drop_ahead()
+        ahead = self.claims.take_ahead()
+        if ahead is not None:
+            rows, recovered, blamed = ahead, False, False
+            self._db_failures = 0
         else:
             rows, recovered, blamed = self._claim(db)
         if rows:
             self._idle = False
             if not recovered and len(rows) == self.settings.batch_size and not self._stop.is_set():
-                self._prefetch = self._pool.submit(self._claim_ahead, self._excluded([r.id for r in rows]))
+                self.claims.claim_ahead(self.marker.excluded([r.id for r in rows]))
             # Rows of an interrupted batch at or below the fence are already on the stream.
             hwm = self._with_broker(lambda p: p.high_water()) if recovered else 0
-            if blamed and self._split(db, rows, hwm):
+            if blamed and self.claims.split(db, rows, hwm):
                 return True  # its parts are recovered next, one at a time
             self._process(rows, hwm, recovered=recovered, blamed=blamed)
             self._last_busy = time.monotonic()
@@ -325,13 +255,17 @@ class Relay:
 
     def _connect(self) -> psycopg.Connection[Any]:
         if self._db is None or self._db.closed or self._db.broken:
-            self._db = psycopg.connect(
-                self.dsn, connect_timeout=5, application_name="outbox-relay", options=self._session_options(),
-                **_KEEPALIVE,
-            )  # fmt: skip
+            self._db = self._open("outbox-relay")
             self._db_reached = True
-            self._recover = True
+            self.claims.interrupted()
         return self._db
+
+    def _open(self, application_name: str) -> psycopg.Connection[Any]:
+        """A new connection for this relay (main, claim-ahead or marker), with keepalives and session limits."""
+        return psycopg.connect(
+            self.dsn, connect_timeout=5, application_name=application_name, options=self._session_options(),
+            **_KEEPALIVE,
+        )  # fmt: skip
 
     def _session_options(self) -> str:
         # A relay frozen inside a transaction (long pause, partition) must not keep the relay row locked
@@ -344,15 +278,17 @@ class Relay:
         self.stats.db_errors += 1
         metrics.DB_ERRORS.inc()
         self._db_outage.error(exc)
-        self._drop_prefetch()
-        self._await_mark(fallback=False)
-        for conn in (self._db, self._listen, self._ahead_db, self._mark_db):
+        self.claims.drop_ahead()
+        self.marker.wait(None)  # no fallback: the main connection is the one that failed
+        for conn in (self._db, self._listen):
             if conn is not None:
                 with contextlib.suppress(Exception):
                     conn.close()
-        self._db = self._listen = self._ahead_db = self._mark_db = None
+        self._db = self._listen = None
+        self.claims.close()
+        self.marker.close()
         self._idle = False
-        self._recover = True
+        self.claims.interrupted()
         self._db_failures += 1
         self._backoff_sleep(self._db_failures)
 
@@ -387,7 +323,7 @@ class Relay:
             self._loss.baseline(head[0], head[1])
         with contextlib.suppress(BrokerError):  # Redis gone again: the publish path waits for it (and reports it)
             self._probe_loss()
-        self._recover = True
+        self.claims.interrupted()
         self._idle = False
         return True
 
@@ -395,7 +331,7 @@ class Relay:
         self.lease.renew(db, idle=idle, notify_for=3 * self.settings.idle_poll_interval + self.settings.lease_ttl)
 
     def _lose_lease(self, why: str) -> None:
-        self._drop_prefetch()
+        self.claims.drop_ahead()
         if self.epoch is not None:
             log.warning("relay %s lost the lease (epoch %s): %s; standing by", self.me, self.epoch, why)
         self.lease.epoch = None
@@ -404,164 +340,36 @@ class Relay:
 
     # ---- claim / process / mark --------------------------------------------------------------------
 
-    def _claim(self, db: psycopg.Connection[Any]) -> tuple[list[_Row], bool, bool]:
+    def _claim(self, db: psycopg.Connection[Any]) -> tuple[list[Row], bool, bool]:
         """Claim the next batch (or, after an interruption, take the oldest open batch back for recovery).
         Returns the rows, whether they are a recovered batch, and whether a relay died with it (blamed)."""
-        if self._recover:
-            self._await_mark()  # a batch whose mark is in flight is not interrupted
-            batches = db.execute(sql.OPEN_BATCHES).fetchall()
-            db.rollback()
-            with self._mark_lock:  # a mark that failed after its commit: the batch is closed after all
-                still_open = {int(b[0]) for b in batches}
-                self._unmarked = {k: v for k, v in self._unmarked.items() if k in still_open}
+        if self.claims.recovering:
+            self.marker.wait(self._db)  # a batch whose mark is in flight is not interrupted
+            batches = self.claims.open_batches(db)
+            self.marker.forget_closed(batches)  # a mark that failed after its commit: the batch is closed after all
             if batches:
-                batch_id = int(batches[0][0])
-                log.info("recovering interrupted batch %s (%d open)", batch_id, len(batches))
-                with db.pipeline():
-                    cur = db.execute(sql.RECOVER_BATCH, {"batch": batch_id, "epoch": self.epoch})
-                    db.commit()
-                fetched = cur.fetchall()
-                rows = [_Row(*r[:-1]) for r in fetched]
+                log.info("recovering interrupted batch %s (%d open)", batches[0], len(batches))
+                rows, blamed = self.claims.recover(db, batches[0])
                 if not rows:  # nothing of it left pending: just close it
-                    self._submit_mark(_Mark(batch_id), now=True)
-                return rows, True, bool(fetched and fetched[0][-1])
-            self._recover = False
-        return self._claim_new(db, self._excluded()), False, False
-
-    def _excluded(self, in_flight: list[int] | None = None) -> list[int]:
-        """Row ids no claim may take: the batch in flight, and batches whose mark has not committed."""
-        with self._mark_lock:
-            out = [i for ids in self._unmarked.values() for i in ids]
-        return out + in_flight if in_flight else out
-
-    def _claim_new(self, db: psycopg.Connection[Any], exclude: list[int]) -> list[_Row]:
-        params = {"limit": self.settings.batch_size, "epoch": self.epoch, "ttl": self.settings.lease_ttl,
-                  "exclude": exclude}  # fmt: skip
-        with db.pipeline():
-            db.execute(sql.CLAIM_PLAN)  # the plan must not depend on statistics (see relay/sql.py)
-            cur = db.execute(sql.CLAIM, params)
-            db.commit()
-        rows = [_Row(*r) for r in cur.fetchall()]
+                    self.marker.write(db, Mark(batches[0]))
+                return rows, True, blamed
+            self.claims.recovering = False
+        rows = self.claims.claim(db, self.marker.excluded())
         self._db_failures = 0
-        if rows:
-            self.lease.touched()  # the claim extended the lease
-        return rows
+        return rows, False, False
 
-    def _claim_ahead(self, exclude: list[int]) -> list[_Row]:
-        """(Worker thread, own connection.) Claim the batch after the one in flight (``exclude``: its
-        rows and those of unmarked batches)."""
-        if self._ahead_db is None or self._ahead_db.closed or self._ahead_db.broken:
-            self._ahead_db = psycopg.connect(
-                self.dsn, connect_timeout=5, application_name="outbox-relay", options=self._session_options(),
-                **_KEEPALIVE,
-            )  # fmt: skip
-        return self._claim_new(self._ahead_db, exclude)
-
-    @staticmethod
-    def _write_mark(db: psycopg.Connection[Any], mark: _Mark, *, close: bool = True, durable: bool = False) -> None:
-        """Write and commit one mark in one round trip: published rows, verdicts, and (``close``) the batch
-        closed. Not ``durable`` (synchronous_commit off) is safe for a mark that closes or only publishes:
-        one lost in a crash leaves its batch open, and the fence drops its events when it is sent again."""
-        with db.pipeline():
-            if not durable:
-                db.execute("SET LOCAL synchronous_commit = off")
-            if mark.published:
-                db.execute(
-                    sql.MARK_PUBLISHED,
-                    {"ids": [m[0] for m in mark.published], "sids": [m[1] for m in mark.published],
-                     "seqs": [m[2] for m in mark.published]},
-                )  # fmt: skip
-            if mark.dead:
-                db.execute(sql.MARK_DEAD, {"ids": [m[0] for m in mark.dead], "reasons": [m[1] for m in mark.dead]})
-            if mark.failed:
-                db.execute(
-                    sql.MARK_FAILED, {"ids": [m[0] for m in mark.failed], "reasons": [m[1] for m in mark.failed]}
-                )
-            if close:
-                db.execute(sql.CLOSE_BATCH, (mark.batch,))
-            db.commit()
-
-    def _submit_mark(self, mark: _Mark, *, now: bool = False) -> None:
-        """Hand a finished batch's mark to the marker thread (after the previous mark has finished), or
-        with ``now`` (recovered batches: nothing to overlap with) write it on the main connection."""
-        self._await_mark()
-        if now:
-            self._mark_sync(mark)
-            return
-        with self._mark_lock:
-            self._unmarked[mark.batch] = [m[0] for m in mark.published]
-        self._mark_inflight = mark
-        self._mark_fut = self._mark_pool.submit(self._mark_async, mark)
-
-    def _await_mark(self, *, fallback: bool = True) -> None:
-        """Wait for the mark in flight. If it failed, write it on the main connection (``fallback``);
-        when that is not possible or fails too, leave its batch open for recovery (see __init__)."""
-        fut, self._mark_fut = self._mark_fut, None
-        mark, self._mark_inflight = self._mark_inflight, None
-        if fut is None:
-            return
-        try:
-            fut.result()
-        except Exception as exc:  # psycopg errors, or anything else
-            if self._marker_down_since is None:
-                self._marker_down_since = time.monotonic()
-                log.warning(
-                    "writing a batch mark failed on the marker connection; marks go through the main connection "
-                    "until it works again: %s", str(exc).strip()[:200],
-                )  # fmt: skip
-            db = self._db
-            if not fallback or mark is None or db is None or db.closed or db.broken:
-                self._recover = True
-                return
-            try:
-                self._mark_sync(mark)
-            except BaseException:
-                self._recover = True  # the batch stays open: recovery sends it again through the fence
-                raise
-            return
-        if self._marker_down_since is not None:
-            log.warning("marker connection works again after %.1fs", time.monotonic() - self._marker_down_since)
-            self._marker_down_since = None
-
-    def _mark_sync(self, mark: _Mark) -> None:
-        """Write one mark on the main connection (same rules as ``_mark_async``)."""
-        db = self._db
-        assert db is not None
-        db.rollback()
-        self._write_mark(db, mark)
-        with self._mark_lock:
-            self._unmarked.pop(mark.batch, None)
-
-    def _mark_async(self, mark: _Mark) -> None:
-        """(Marker thread, own connection.) Write one mark."""
-        db = self._mark_db
-        if db is None or db.closed or db.broken:
-            db = self._mark_db = psycopg.connect(
-                self.dsn, connect_timeout=5, application_name="outbox-relay-mark", options=self._session_options(),
-                **_KEEPALIVE,
-            )  # fmt: skip
-        try:
-            self._write_mark(db, mark)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                db.close()
-            self._mark_db = None
-            raise
-        with self._mark_lock:
-            self._unmarked.pop(mark.batch, None)
-
-    def _encode(self, r: _Row) -> list[str]:
+    def _encode(self, r: Row) -> list[str]:
         return encode(r, self.registry, self.settings.max_payload_bytes)
 
-    def _process(self, rows: list[_Row], hwm: int = 0, *, recovered: bool = False, blamed: bool = False) -> None:
+    def _process(self, rows: list[Row], hwm: int = 0, *, recovered: bool = False, blamed: bool = False) -> None:
         started = time.perf_counter()
         self.stats.batches += 1
         metrics.BATCHES.inc()
-        mark = _Mark(rows[0].batch)
-        good: list[_Row] = []
+        mark = Mark(rows[0].batch)
+        good: list[Row] = []
         out: list[Outgoing] = []
         # Only a row that relays died with while it was alone in its batch is a proven poison pill (a blamed
-        # batch of several is split first, see _split).
+        # batch of several is split first, see ClaimSource.split).
         alone = blamed and sum(r.seq > hwm for r in rows) == 1
         for r in rows:
             if r.seq <= hwm:
@@ -598,8 +406,8 @@ class Relay:
             # published.
             assert self._db is not None
             self._db.rollback()
-            verdicts = _Mark(mark.batch, dead=mark.dead, failed=mark.failed)
-            self._write_mark(self._db, verdicts, close=False, durable=True)
+            verdicts = Mark(mark.batch, dead=mark.dead, failed=mark.failed)
+            write_mark(self._db, verdicts, close=False, durable=True)
             mark.dead, mark.failed = [], []
         try:
             self._publish(out, good, mark)
@@ -609,34 +417,18 @@ class Relay:
             if len(mark.published) + dead + failed == len(rows):
                 self._submit_mark(mark, now=recovered)
             else:
-                self._recover = True
+                self.claims.interrupted()
                 if self._db is not None and mark.published:
                     with contextlib.suppress(psycopg.Error):
-                        self._mark_rows(self._db, mark)
+                        # The published rows of a batch that stays open are marked; the batch is not closed.
+                        self._db.rollback()
+                        write_mark(self._db, Mark(mark.batch, published=mark.published), close=False)
         self.stats.dead += dead
         self.stats.failed += failed
         metrics.FAILED.inc(failed)
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
-    def _split(self, db: psycopg.Connection[Any], rows: list[_Row], hwm: int) -> bool:
-        """A relay died with this recovered batch in hand: replace it by up to ``_SPLIT_INTO`` smaller batches
-        of its unsent rows, recovered one at a time. A row that kills every relay handling it is thereby
-        alone after a few deaths (1,000 rows: 3), and only it collects further attempts; the rows that shared
-        its batch are published. False when at most one row is unsent (nothing to split)."""
-        unsent = [r for r in rows if r.seq > hwm]
-        if len(unsent) < 2:
-            return False
-        parts = min(_SPLIT_INTO, len(unsent))
-        starts = [unsent[i * len(unsent) // parts].seq for i in range(1, parts)]
-        db.execute(sql.SPLIT_BATCH, {"batch": rows[0].batch, "starts": starts, "epoch": self.epoch})
-        db.commit()
-        log.warning(
-            "batch %s was in flight when a relay died; its %d unsent event(s) are retried in %d smaller batches "
-            "so that an event that kills relays is isolated", rows[0].batch, len(unsent), parts,
-        )  # fmt: skip
-        return True
-
-    def _locate(self, rows: list[_Row], mark: _Mark) -> None:
+    def _locate(self, rows: list[Row], mark: Mark) -> None:
         """Fill in the stream ids of recovered rows the fence had already seen (best effort: they are
         published either way; a row whose entry cannot be found keeps a NULL stream_id)."""
         assert self._publisher is not None
@@ -652,13 +444,16 @@ class Relay:
             log.info("%d recovered event(s) were already on the stream; stream id of %d not found in the last %d "
                      "entries", len(mark.published), len(mark.published) - len(found), scan)  # fmt: skip
 
-    @staticmethod
-    def _mark_rows(db: psycopg.Connection[Any], mark: _Mark) -> None:
-        """Mark the published rows of a batch that stays open (interrupted mid-way); the batch is not closed."""
-        db.rollback()
-        Relay._write_mark(db, _Mark(mark.batch, published=mark.published), close=False)
+    def _submit_mark(self, mark: Mark, *, now: bool = False) -> None:
+        """Hand a finished batch's mark to the marker (after the previous mark has finished), or with ``now``
+        (recovered batches: nothing to overlap with) write it on the main connection."""
+        if now:
+            assert self._db is not None
+            self.marker.write(self._db, mark)
+        else:
+            self.marker.submit(mark, self._db)
 
-    def _publish(self, out: list[Outgoing], good: list[_Row], mark: _Mark) -> None:
+    def _publish(self, out: list[Outgoing], good: list[Row], mark: Mark) -> None:
         """Send ``out`` until all of it is known to be on the stream; fills ``mark.published`` as it goes."""
         assert self._publisher is not None
         rows = iter(good)
@@ -791,7 +586,7 @@ class Relay:
             # Pure polling (PgBouncer transaction mode): back off gently up to idle_poll_interval.
             self._stop.wait(min(s.idle_poll_interval, max(s.poll_interval, quiet / 10)))
             return
-        self._await_mark()
+        self.marker.wait(self._db)
         if not self._idle:
             # Going idle: LISTEN first, then tell writers to notify, then poll once more (the caller
             # loops) so a row committed between our last poll and the flag is not left waiting.
@@ -812,23 +607,3 @@ class Relay:
                 self.dsn, autocommit=True, connect_timeout=5, application_name="outbox-relay-listen", **_KEEPALIVE
             )
             self._listen.execute(f"LISTEN {NOTIFY_CHANNEL}")
-
-    # ---- retention ---------------------------------------------------------------------------------
-
-    def _prune(self, db: psycopg.Connection[Any]) -> None:
-        self._pruned_at = time.monotonic()
-        db.execute(sql.STAMP_DEAD)  # see relay/sql.py: retention of dead rows counts from dead_at
-        db.commit()
-        total = 0
-        for stmt, age in (
-            (sql.PRUNE_PUBLISHED, self.settings.retention_published),
-            (sql.PRUNE_DEAD, self.settings.retention_dead),
-        ):
-            for _ in range(20):  # bounded per sweep so publishing is never starved
-                n = db.execute(stmt, {"age": age, "limit": 5000}).rowcount
-                db.commit()
-                total += n
-                if n < 5000:
-                    break
-        if total:
-            log.info("retention: deleted %d old row(s)", total)

@@ -16,6 +16,7 @@ from outbox import wire
 from outbox.errors import BrokerError
 from outbox.relay import loop
 from outbox.relay.fence import publish_all
+from outbox.relay.marker import Mark
 from outbox.relay.memory import MemoryPublisher
 from outbox.relay.publisher import Outgoing, PublishResult
 from outbox.settings import load_settings
@@ -196,9 +197,9 @@ def relay_on(mem: MemoryPublisher) -> loop.Relay:
     return relay
 
 
-def publish_rows(relay: loop.Relay, seqs: list[int], batch: int = 1) -> loop._Mark:
+def publish_rows(relay: loop.Relay, seqs: list[int], batch: int = 1) -> Mark:
     """Run the relay's publish step on rows with ids ``100 + seq`` at positions ``seqs``; returns the mark."""
-    mark = loop._Mark(batch)
+    mark = Mark(batch)
     rows = [Row(100 + s, s) for s in seqs]
     relay._publish(events(*seqs), rows, mark)  # type: ignore[arg-type]  # only .id and .seq are read
     return mark
