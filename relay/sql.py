@@ -32,7 +32,7 @@ _COLUMNS: LiteralString = (
 # row, no batch is written and nothing is returned. With no pending rows nothing is written at all,
 # so idle polling costs no WAL flush. The relay's own open batches are excluded by id: at most the one
 # batch being published while the next is claimed ahead, and batches whose mark has not committed yet
-# (see Relay._claim_ahead and Relay._submit_mark).
+# (see ClaimSource.claim_ahead in relay/claim.py and Marker in relay/marker.py).
 #   Plan: Limit -> Index Scan using outbox_events_pending_idx (exact predicate, id order); the
 #   relay row by its primary key. CLAIM_PLAN (below) runs first in the same transaction to hold it there.
 CLAIM: LiteralString = (
