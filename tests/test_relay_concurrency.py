@@ -1,4 +1,7 @@
-"""Concurrency: several relays at once, concurrent writers, late commits, wake-up, lease takeover."""
+"""Concurrency: several relays at once, concurrent writers, late commits, wake-up, lease takeover.
+
+The fault tests run in both capture modes (``mode``, tests/modes.py); the rest are about the poll relay's own
+mechanics (claims over invisible rows, NOTIFY wake-up, the table's lease) and stay poll only."""
 
 from __future__ import annotations
 
@@ -19,16 +22,15 @@ import psycopg
 import pytest
 
 import outbox
-from tests.conftest import make_settings, relay_thread, spawn_relay, stream_entries, wait_for
+from tests.conftest import make_settings, spawn_relay, stream_entries, wait_for
+from tests.modes import MODES, Mode, ModeDb, mode_db_fixture, mode_fixture, relay_thread  # noqa: F401 - fixtures
 from tests.test_relay_faults import (
     EVENT_TYPE,
     TENANT,
     Writer,
     assert_exactly_once,
     leader_pid,
-    pending_count,
     relay_row,
-    signal_while_in_flight,
     stream_ids,
     write_events,
     xlen,
@@ -54,6 +56,8 @@ class RelayProcess:
 
     def __init__(self, settings: Any) -> None:
         self.proc = spawn_relay(settings)
+        # WAL mode runs the slot's relay and the table's: it is up once the slot's relay is.
+        self._started = " starting (slot=" if settings.capture == "wal" else " starting (stream="
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -73,7 +77,7 @@ class RelayProcess:
 
     def started(self) -> bool:
         """The relay loop is running (imports done, signal handlers installed)."""
-        return any(" starting (stream=" in line for line in self.lines)
+        return any(self._started in line for line in self.lines)
 
     def kill(self) -> None:
         self.proc.kill()
@@ -93,7 +97,8 @@ class RelayProcess:
 
 
 class AggregateWriter(threading.Thread):
-    """Owns a few aggregates; one event per transaction with a per-aggregate ``seqNo`` in the payload."""
+    """Owns a few aggregates; one event per transaction with a per-aggregate ``seqNo`` in the payload. Every
+    10th transaction also records an event and rolls back (``rolled_back``: never to be published)."""
 
     def __init__(self, db_url: str, name: str, *, aggregates: int, events: int, pause: float = 0.002) -> None:
         super().__init__(daemon=True)
@@ -101,14 +106,21 @@ class AggregateWriter(threading.Thread):
         self.aggs = {f"{name}-agg{j}": str(uuid.uuid4()) for j in range(aggregates)}
         self.seq: dict[str, int] = collections.Counter()
         self.ids: set[str] = set()
+        self.rolled_back: set[str] = set()
         self.error: BaseException | None = None
 
     def run(self) -> None:
         rng = random.Random()
         try:
             with psycopg.connect(self.db_url) as conn:
-                for _ in range(self.events):
+                for i in range(self.events):
                     agg = rng.choice(list(self.aggs))
+                    if i % 10 == 9:
+                        payload = {"ticketId": self.aggs[agg], "previousStatusId": "a", "newStatusId": "b",
+                                   "seqNo": -1, "agg": agg}  # fmt: skip
+                        eid = outbox.record(conn, EVENT_TYPE, payload, tenant_id=TENANT, aggregate=agg)
+                        conn.rollback()
+                        self.rolled_back.add(str(eid))
                     self.seq[agg] += 1
                     payload = {
                         "ticketId": self.aggs[agg], "previousStatusId": "a", "newStatusId": "b",
@@ -127,8 +139,12 @@ class AggregateWriter(threading.Thread):
 
 @pytest.mark.fault
 @pytest.mark.parametrize("n", [2, 3])
-def test_several_relays_with_concurrent_writers_exactly_once_in_aggregate_order(n, db_url, redis_url, stream, rds):
-    settings = make_settings(db_url, redis_url, stream, batch_size=25)
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_several_relays_with_concurrent_writers_exactly_once_in_aggregate_order(
+    mode: Mode, mode_db: ModeDb, n, redis_url, stream, rds
+):
+    db_url = mode_db.url
+    settings = mode.settings(db_url, redis_url, stream, batch_size=25)
     relays = [RelayProcess(settings) for _ in range(n)]
     try:
         writers = [AggregateWriter(db_url, f"w{w}", aggregates=5, events=400) for w in range(4)]
@@ -136,7 +152,7 @@ def test_several_relays_with_concurrent_writers_exactly_once_in_aggregate_order(
             w.start()
         # Mid-traffic, SIGKILL whichever relay leads and start a replacement: a standby must take over.
         wait_for(lambda: xlen(rds, stream) > 300, timeout=30, what="traffic on the stream")
-        pid = wait_for(lambda: leader_pid(db_url), timeout=10, what="a leader")
+        pid = wait_for(lambda: leader_pid(db_url, mode.lease), timeout=10, what="a leader")
         victim = next(r for r in relays if r.pid == pid)
         victim.kill()
         relays.remove(victim)
@@ -144,8 +160,8 @@ def test_several_relays_with_concurrent_writers_exactly_once_in_aggregate_order(
         for w in writers:
             w.join(60)
             assert not w.is_alive() and w.error is None, w.error
-        wait_for(lambda: pending_count(db_url) == 0, timeout=30, what="everything published")
-        epoch = relay_row(db_url)["epoch"]
+        mode.wait_drained(db_url)
+        epoch = relay_row(db_url, mode.lease)["epoch"]
         wait_for(lambda: all(r.started() for r in relays), timeout=20, what="every relay to be up")
     finally:
         codes = [r.terminate() for r in relays]
@@ -154,20 +170,26 @@ def test_several_relays_with_concurrent_writers_exactly_once_in_aggregate_order(
 
     expected = set().union(*(w.ids for w in writers))
     assert len(expected) == 1600
-    assert_exactly_once(rds, stream, db_url, expected)
+    assert_exactly_once(rds, stream, db_url, expected, capture=mode.name,
+                        never=set().union(*(w.rolled_back for w in writers)))  # fmt: skip
     assert_aggregate_order(rds, stream, writers)
 
 
 @pytest.mark.fault
-def test_frozen_leader_is_replaced_and_publishes_nothing_twice_when_it_thaws(db_url, redis_url, stream, rds):
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_frozen_leader_is_replaced_and_publishes_nothing_twice_when_it_thaws(
+    mode: Mode, mode_db: ModeDb, redis_url, stream, rds
+):
     """A leader frozen (SIGSTOP, as a long GC pause or a paused VM) in the middle of a batch: a standby
-    takes over once the lease expires; when the old leader thaws it may still send its stale batch,
-    which the fence must drop. Writers keep writing throughout."""
-    settings = make_settings(db_url, redis_url, stream, batch_size=25)
+    takes over once the lease expires (WAL: ending the frozen leader's walsender, which still holds the
+    slot); when the old leader thaws it may still send its stale batch, which the fence must drop.
+    Writers keep writing throughout."""
+    db_url = mode_db.url
+    settings = mode.settings(db_url, redis_url, stream, batch_size=25)
     a = RelayProcess(settings)
     b: RelayProcess | None = None
     try:
-        wait_for(lambda: leader_pid(db_url) == a.pid, timeout=20, what="A to lead")
+        wait_for(lambda: leader_pid(db_url, mode.lease) == a.pid, timeout=20, what="A to lead")
         b = RelayProcess(settings)
         wait_for(b.started, timeout=20, what="B to stand by")
         # Writers run for several seconds (well past the 1 s lease), so traffic is still flowing when B leads.
@@ -175,27 +197,29 @@ def test_frozen_leader_is_replaced_and_publishes_nothing_twice_when_it_thaws(db_
         for w in writers:
             w.start()
         wait_for(lambda: xlen(rds, stream) > 200, timeout=30, what="traffic on the stream")
-        signal_while_in_flight(db_url, a.pid, signal.SIGSTOP)
+        mode.signal_while_in_flight(db_url, rds, stream, a.pid, signal.SIGSTOP)
         # Counted at the freeze, not at the takeover: B may drain the whole backlog within one poll of
         # leader_pid. Past this point A can add at most the one batch (25) whose script it had already sent.
         frozen_at = xlen(rds, stream)
         try:
-            wait_for(lambda: leader_pid(db_url) == b.pid, timeout=settings.lease_ttl + 5, what="B to take over")
+            wait_for(lambda: leader_pid(db_url, mode.lease) == b.pid, timeout=settings.lease_ttl + 5,
+                     what="B to take over")  # fmt: skip
             wait_for(lambda: xlen(rds, stream) > frozen_at + 50, timeout=15, what="B to publish")
         finally:
             os.kill(a.pid, signal.SIGCONT)
         for w in writers:
             w.join(60)
             assert not w.is_alive() and w.error is None, w.error
-        wait_for(lambda: pending_count(db_url) == 0, timeout=30, what="everything published")
+        mode.wait_drained(db_url)
         wait_for(lambda: "lost the lease" in a.log, timeout=10, what="A to notice it lost the lease")
-        assert leader_pid(db_url) == b.pid
+        assert leader_pid(db_url, mode.lease) == b.pid
     finally:
         codes = [r.terminate() for r in (a, b) if r is not None]
     assert codes == [0, 0], (codes, a.log[-1500:])
     print("\n[frozen leader] A:", next((x for x in reversed(a.lines) if "relay stopped" in x), "?"))
     expected = set().union(*(w.ids for w in writers))
-    assert_exactly_once(rds, stream, db_url, expected)
+    assert_exactly_once(rds, stream, db_url, expected, capture=mode.name,
+                        never=set().union(*(w.rolled_back for w in writers)))  # fmt: skip
     assert_aggregate_order(rds, stream, writers)
 
 
@@ -216,6 +240,7 @@ def assert_aggregate_order(rds: Any, stream: str, writers: list[AggregateWriter]
 # ---- 9. a long transaction commits late ----------------------------------------------------------
 
 
+# poll only: the claim passing over a row its transaction has not committed yet (outbox ids)
 def test_long_transaction_committing_late_is_still_published(settings, rds, stream, db_url):
     with relay_thread(settings) as relay:
         late = psycopg.connect(db_url)
@@ -250,6 +275,7 @@ def _arrival(rds: Any, stream: str, eid: str, t0: float, timeout: float) -> floa
     return time.monotonic() - t0
 
 
+# poll only: LISTEN/NOTIFY wake-up (the WAL relay waits on the replication stream)
 def test_idle_relay_is_woken_by_notify(db_url, redis_url, stream, rds):
     # idle_poll_interval=5: an idle relay that missed the NOTIFY polls again only 5 s after it started
     # waiting, and each event is recorded at least 0.5 s into that wait, so without NOTIFY no event could
@@ -269,6 +295,7 @@ def test_idle_relay_is_woken_by_notify(db_url, redis_url, stream, rds):
     assert stats.published == 3 and len(stats.leader_epochs) == 1
 
 
+# poll only: wake=poll
 def test_poll_mode_delivers_without_listen(db_url, redis_url, stream, rds, pg_admin_url):
     settings = make_settings(db_url, redis_url, stream, wake="poll", idle_poll_interval=1.0)
     dbname = db_url.rsplit("/", 1)[1]
@@ -290,7 +317,10 @@ def test_poll_mode_delivers_without_listen(db_url, redis_url, stream, rds, pg_ad
 # ---- 11. lease takeover --------------------------------------------------------------------------
 
 
-def test_standby_takes_over_after_graceful_stop(settings, rds, stream, db_url):
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_standby_takes_over_after_graceful_stop(mode: Mode, mode_db: ModeDb, redis_url, rds, stream):
+    db_url = mode_db.url
+    settings = mode.settings(db_url, redis_url, stream)
     first = set(write_events(db_url, 100))
     with contextlib.ExitStack() as stack_a:
         a = stack_a.enter_context(relay_thread(settings, identity="relay-a"))
@@ -298,30 +328,34 @@ def test_standby_takes_over_after_graceful_stop(settings, rds, stream, db_url):
         with relay_thread(settings, identity="relay-b") as b:
             time.sleep(2 * settings.lease_ttl)  # B keeps trying while A renews
             more = set(write_events(db_url, 100))
-            wait_for(lambda: pending_count(db_url) == 0, timeout=10, what="A to publish")
+            mode.wait_drained(db_url, timeout=10)
             assert b.stats.leader_epochs == [], "B became leader while A held a live lease"
-            assert relay_row(db_url)["leader"] == "relay-a"
+            assert relay_row(db_url, mode.lease)["leader"] == "relay-a"
             stack_a.close()  # stop A (it releases the lease)
             t0 = time.monotonic()
             wait_for(lambda: b.stats.leader_epochs, timeout=settings.lease_ttl + 1, what="B to take over")
             took = time.monotonic() - t0
-            assert relay_row(db_url)["leader"] == "relay-b"
+            assert relay_row(db_url, mode.lease)["leader"] == "relay-b"
             after = set(write_events(db_url, 100))
-            wait_for(lambda: pending_count(db_url) == 0, timeout=10, what="B to publish")
+            mode.wait_drained(db_url, timeout=10)
             stats_b = b.stats
     assert a.stats.published == 200 and stats_b.published == 100, (a.stats, stats_b)
     assert stats_b.leader_epochs[0] > a.stats.leader_epochs[-1]
-    assert_exactly_once(rds, stream, db_url, first | more | after)
-    print(f"\n[takeover/stop] B led {took:.2f}s after A stopped")
+    assert_exactly_once(rds, stream, db_url, first | more | after, capture=mode.name)
+    print(f"\n[takeover/stop {mode.name}] B led {took:.2f}s after A stopped")
 
 
 @pytest.mark.fault
-def test_standby_takes_over_after_leader_sigkill_once_lease_expires(settings, rds, stream, db_url):
-    backlog = set(write_events(db_url, 2000))
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_standby_takes_over_after_leader_sigkill_once_lease_expires(mode: Mode, mode_db: ModeDb, redis_url, rds,
+                                                                    stream):  # fmt: skip
+    db_url = mode_db.url
+    settings = mode.settings(db_url, redis_url, stream)
+    backlog = set(write_events(db_url, 2000, chunk=20))
     proc = spawn_relay(settings.model_copy(update={"batch_size": 20}))
     writer = Writer(db_url, chunk=5, pause=0.01)
     try:
-        wait_for(lambda: leader_pid(db_url) == proc.pid, timeout=15, what="the subprocess to lead")
+        wait_for(lambda: leader_pid(db_url, mode.lease) == proc.pid, timeout=15, what="the subprocess to lead")
         writer.start()
         with relay_thread(settings, identity="relay-b") as b:
             wait_for(lambda: xlen(rds, stream) > 200, timeout=15, what="progress")
@@ -330,15 +364,15 @@ def test_standby_takes_over_after_leader_sigkill_once_lease_expires(settings, rd
             proc.communicate(timeout=10)
             t0 = time.monotonic()
             time.sleep(0.1)
-            dead_lease = relay_row(db_url)["lease_until"]  # A can no longer renew it
+            dead_lease = relay_row(db_url, mode.lease)["lease_until"]  # A can no longer renew it
             wait_for(lambda: b.stats.leader_epochs, timeout=settings.lease_ttl + 2, what="B to take over")
             took = time.monotonic() - t0
-            row = relay_row(db_url)
+            row = relay_row(db_url, mode.lease)
             assert row["leader"] == "relay-b"
             assert row["leader_since"] >= dead_lease, "B took the lease before the dead leader's lease expired"
             writer.stop()
             assert writer.errors == 0
-            wait_for(lambda: pending_count(db_url) == 0, timeout=30, what="B to publish everything")
+            mode.wait_drained(db_url)
             stats_b = b.stats
     finally:
         if proc.poll() is None:
@@ -346,6 +380,7 @@ def test_standby_takes_over_after_leader_sigkill_once_lease_expires(settings, rd
             proc.communicate()
         writer.halt.set()
     assert took < settings.lease_ttl + 1, took
-    skipped = assert_exactly_once(rds, stream, db_url, backlog | writer.committed)
+    skipped = assert_exactly_once(rds, stream, db_url, backlog | writer.committed, capture=mode.name,
+                                  never=writer.rolled_back)  # fmt: skip
     assert stats_b.dead == 0 and stats_b.failed == 0
     print(f"\n[takeover/sigkill] B led {took:.2f}s after the kill; stats={stats_b}; fence-skipped rows={skipped}")

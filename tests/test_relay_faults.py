@@ -5,7 +5,9 @@ Every server these tests stop, kill or restart is one the test started itself (`
 backends of this test's own relay, in this test's own database.
 
 The invariant checked everywhere is the outbox contract: every committed event ends up on the
-stream exactly once, and its row ends up ``published`` (or ``dead`` when its payload is invalid).
+stream exactly once, none of a rolled-back transaction does, and its row ends up ``published`` (or
+``dead`` when its payload is invalid). The faults that apply to both capture modes run in both
+(``mode``, tests/modes.py): in WAL mode there is no row, the slot holds what is not yet relayed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,11 +30,21 @@ import pytest
 import redis
 
 import outbox
-from outbox import migrate
 from outbox.embedded import PostgresServer, RedisServer
-from outbox.relay import Relay
 from outbox.settings import Settings
-from tests.conftest import make_settings, relay_thread, spawn_relay, status_counts, wait_for
+from tests.conftest import make_settings, spawn_relay, status_counts, wait_for
+from tests.modes import (  # noqa: F401 - the fixtures mode, mode_db
+    MODES,
+    AnyRelay,
+    Mode,
+    ModeDb,
+    in_flight_sql,
+    mode_db_fixture,
+    mode_fixture,
+    relay_for,
+    relay_thread,
+    wait_backend_gone,
+)
 
 TENANT = "t1"
 EVENT_TYPE = "TICKET_STATUS_CHANGED"
@@ -88,15 +100,6 @@ def pending_count(db_url: str) -> int:
         return int(c.execute("SELECT count(*) FROM outbox_events WHERE status = 'pending'").fetchone()[0])
 
 
-def _in_flight_sql(c: psycopg.Connection[Any]) -> str:
-    if c.execute("SELECT to_regclass('outbox_batches') IS NOT NULL").fetchone()[0]:
-        return (
-            "SELECT count(*) FROM outbox_batches b CROSS JOIN LATERAL unnest(b.event_ids) AS x(id) "
-            "JOIN outbox_events e ON e.id = x.id WHERE e.status = 'pending'"
-        )
-    return "SELECT count(*) FROM outbox_events WHERE status = 'pending' AND publish_seq IS NOT NULL"
-
-
 def in_flight(db_url: str) -> int:
     """Pending rows already handed a stream position by a relay (a batch in flight or interrupted).
 
@@ -104,26 +107,17 @@ def in_flight(db_url: str) -> int:
     pending) or open batches in ``outbox_batches``.
     """
     with psycopg.connect(db_url) as c:
-        return int(c.execute(_in_flight_sql(c)).fetchone()[0])
+        return int(c.execute(in_flight_sql(c)).fetchone()[0])
 
 
-def signal_while_in_flight(db_url: str, pid: int, sig: int, timeout: float = 5.0) -> None:
-    """Send ``sig`` to ``pid`` the moment a batch is seen in flight (polling on one open connection)."""
-    with psycopg.connect(db_url, autocommit=True) as c:
-        sql = _in_flight_sql(c)
-        deadline = time.monotonic() + timeout
-        while c.execute(sql).fetchone()[0] == 0 and time.monotonic() < deadline:
-            pass
-        os.kill(pid, sig)
-
-
-def relay_row(db_url: str) -> dict[str, Any]:
-    """The relay lease row, plus ``listening`` (notify_until in the future) and the server's ``now``."""
+def relay_row(db_url: str, lease: str = "default") -> dict[str, Any]:
+    """A lease row (``default``: poll, ``wal``), plus ``listening`` (notify_until ahead) and the server's ``now``."""
     with psycopg.connect(db_url) as c:
         cur = c.execute(
             "SELECT leader, epoch, last_seq, lease_until, leader_since, notify_until, "
             "notify_until > clock_timestamp() AS listening, clock_timestamp() AS now "
-            "FROM outbox_relay WHERE name = 'default'"
+            "FROM outbox_relay WHERE name = %s",
+            (lease,),
         )
         names = [d.name for d in cur.description or []]
         row = cur.fetchone()
@@ -131,16 +125,20 @@ def relay_row(db_url: str) -> dict[str, Any]:
     return dict(zip(names, row, strict=True))
 
 
-def leader_pid(db_url: str) -> int | None:
+def leader_pid(db_url: str, lease: str = "default") -> int | None:
     """PID in the leader identity (``host:pid:suffix``) while the lease is live."""
-    r = relay_row(db_url)
+    r = relay_row(db_url, lease)
     if not r["leader"] or r["lease_until"] is None or r["lease_until"] < r["now"]:
         return None
     return int(r["leader"].split(":")[1])
 
 
-def assert_exactly_once(rds: redis.Redis, stream: str, db_url: str, expected: set[str]) -> int:
-    """Every expected event is on the stream exactly once, nothing else is, every row is published.
+def assert_exactly_once(
+    rds: redis.Redis, stream: str, db_url: str, expected: set[str], *, capture: str = "poll",
+    never: Collection[str] = (),
+) -> int:  # fmt: skip
+    """Every expected event is on the stream exactly once, nothing else is (none of ``never``: events of
+    rolled-back transactions), every row is published (``capture="wal"``: there is no row at all).
 
     Returns how many rows were marked after a fence skip (published, but with no stream id of their
     own: the event was already on the stream when a later relay re-sent it).
@@ -150,11 +148,16 @@ def assert_exactly_once(rds: redis.Redis, stream: str, db_url: str, expected: se
     dups = {eid: c for eid, c in counts.items() if c > 1}
     assert not dups, f"{len(dups)} event(s) on the stream more than once, e.g. {list(dups.items())[:5]}"
     on_stream = set(counts)
+    rolled_back = set(never) & on_stream
+    assert not rolled_back, f"{len(rolled_back)} event(s) of rolled-back transactions on the stream"
     missing = expected - on_stream
     extra = on_stream - expected
     assert not missing, f"{len(missing)} committed event(s) never reached the stream, e.g. {sorted(missing)[:5]}"
     assert not extra, f"{len(extra)} unexpected event(s) on the stream, e.g. {sorted(extra)[:5]}"
     table = rows(db_url)
+    if capture == "wal":
+        assert not table, f"WAL capture wrote {len(table)} outbox row(s), e.g. {list(table.items())[:3]}"
+        return 0
     assert set(table) == expected, "outbox rows and committed events differ"
     not_published = {e: r for e, r in table.items() if r[0] != "published"}
     assert not not_published, f"{len(not_published)} row(s) not published, e.g. {list(not_published.items())[:3]}"
@@ -165,11 +168,11 @@ def assert_exactly_once(rds: redis.Redis, stream: str, db_url: str, expected: se
     return sum(1 for _, sid, _ in table.values() if sid is None)
 
 
-def drain(settings: Settings, timeout: float = 30.0) -> Relay:
-    """Run fresh relays with ``until_idle`` until one became leader and emptied the outbox."""
+def drain(settings: Settings, timeout: float = 30.0) -> AnyRelay:
+    """Run fresh relays (of ``settings.capture``) with ``until_idle`` until one became leader and emptied the outbox."""
     deadline = time.monotonic() + timeout
     while True:
-        relay = Relay(settings)
+        relay = relay_for(settings)
         relay.run(until_idle=True)
         if relay.stats.leader_epochs:
             return relay
@@ -189,31 +192,47 @@ def terminate_relay_backends(admin_url: str, dbname: str, application: str = "ou
     return int(row[0])
 
 
+def end_reader(mode: Mode, db_url: str, admin: psycopg.Connection[Any]) -> int | None:
+    """WAL mode: terminate the walsender holding the slot; its pid, or None when there was none to end."""
+    pid = mode.reader_pid(db_url)
+    if pid is None or not admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone()[0]:
+        return None
+    return pid
+
+
 class Writer(threading.Thread):
     """Writes small committed batches until stopped, surviving a dead or restarting database.
 
     ``committed``: ids whose COMMIT returned. ``unsure``: ids whose COMMIT raised (may or may not
-    have committed; the database decides).
+    have committed; the database decides). ``rolled_back``: every ``rollback_every``-th batch is
+    written, then rolled back (never committed: must never be published).
     """
 
-    def __init__(self, db_url: str, *, chunk: int = 10, pause: float = 0.005) -> None:
+    def __init__(self, db_url: str, *, chunk: int = 10, pause: float = 0.005, rollback_every: int = 7) -> None:
         super().__init__(daemon=True)
-        self.db_url, self.chunk, self.pause = db_url, chunk, pause
+        self.db_url, self.chunk, self.pause, self.rollback_every = db_url, chunk, pause, rollback_every
         self.committed: set[str] = set()
         self.unsure: set[str] = set()
+        self.rolled_back: set[str] = set()
         self.errors = 0
         self.halt = threading.Event()
 
     def run(self) -> None:
         conn: psycopg.Connection[Any] | None = None
+        n = 0
         while not self.halt.is_set():
             ids: list[str] = []
+            n += 1
             try:
                 if conn is None or conn.closed or conn.broken:
                     conn = psycopg.connect(self.db_url, connect_timeout=2)
                 ids = [str(i) for i in outbox.record_many(conn, [ticket_event() for _ in range(self.chunk)])]
-                conn.commit()
-                self.committed.update(ids)
+                if n % self.rollback_every == 0:
+                    conn.rollback()
+                    self.rolled_back.update(ids)
+                else:
+                    conn.commit()
+                    self.committed.update(ids)
             except psycopg.Error:
                 self.errors += 1
                 self.unsure.update(ids)
@@ -245,43 +264,53 @@ def own_redis(*, appendonly: bool = True) -> Iterator[RedisServer]:
 
 
 @pytest.mark.fault
-def test_sigkill_relay_repeatedly_publishes_every_event_exactly_once(db_url, redis_url, stream, rds):
-    settings = make_settings(db_url, redis_url, stream, batch_size=20)
-    expected = set(write_events(db_url, 3000))
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_sigkill_relay_repeatedly_publishes_every_event_exactly_once(mode: Mode, mode_db: ModeDb, redis_url, stream,
+                                                                     rds):  # fmt: skip
+    db_url = mode_db.url
+    settings = mode.settings(db_url, redis_url, stream, batch_size=20)
+    # WAL mode reads whole transactions (chunks of 20: batches of 20 too) and publishes several times faster than
+    # poll mode: it needs a longer backlog to still be busy at the 5th kill.
+    expected = set(write_events(db_url, 15000 if mode.wal else 3000, chunk=20))
+    written = mode.mark(db_url)
     # A warm standby is always running, so each kill costs one lease expiry, not a Python start-up.
     procs = {p.pid: p for p in (spawn_relay(settings), spawn_relay(settings))}
-    kills = []  # (stream length before, stream length at the kill, rows of the victim left in flight)
+    kills = []  # (stream length before, stream length at the kill, the victim's batch left in flight)
     rng = random.Random()
     try:
-        for i in range(8):
-            before = xlen(rds, stream)
-            if before >= len(expected) - 300:
-                break
-            wait_for(lambda b=before: xlen(rds, stream) > b, timeout=20, interval=0.002, what="relay progress")
-            # A leader among the live relays: the lease of the one killed last stays live for up to
-            # lease_ttl, and progress can also be its last script, sent before the kill and run late.
-            pid = wait_for(lambda: (p := leader_pid(db_url)) in procs and p, timeout=5, what="a live leader")
-            victim = procs.pop(pid)
-            if i % 2:
-                time.sleep(rng.uniform(0, 0.05))
-                victim.kill()  # SIGKILL at a random moment
-            else:
-                signal_while_in_flight(db_url, victim.pid, signal.SIGKILL)  # between claim and mark
-            victim.communicate(timeout=10)
-            assert victim.returncode == -signal.SIGKILL, f"relay exited on its own (rc={victim.returncode})"
-            kills.append((before, xlen(rds, stream), in_flight(db_url)))
-            new = spawn_relay(settings)
-            procs[new.pid] = new
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            for i in range(8):
+                before = xlen(rds, stream)
+                if before >= len(expected) - 300:
+                    break
+                wait_for(lambda b=before: xlen(rds, stream) > b, timeout=20, interval=0.002, what="relay progress")
+                # A leader among the live relays: the lease of the one killed last stays live for up to
+                # lease_ttl, and progress can also be its last script, sent before the kill and run late.
+                pid = wait_for(lambda: (p := leader_pid(db_url, mode.lease)) in procs and p, timeout=5,
+                               what="a live leader")  # fmt: skip
+                victim = procs.pop(pid)
+                reader = mode.reader_pid(db_url)
+                if i % 2:
+                    time.sleep(rng.uniform(0, 0.05))
+                    victim.kill()  # SIGKILL at a random moment
+                else:  # between claim and mark (WAL: between publish and confirm)
+                    mode.signal_while_in_flight(db_url, rds, stream, victim.pid, signal.SIGKILL)
+                victim.communicate(timeout=10)
+                assert victim.returncode == -signal.SIGKILL, f"relay exited on its own (rc={victim.returncode})"
+                wait_backend_gone(db_url, reader)  # WAL: its walsender has taken the last confirm it was sent
+                kills.append((before, xlen(rds, stream), mode.in_flight(conn, rds, stream)))
+                new = spawn_relay(settings)
+                procs[new.pid] = new
     finally:
         for p in procs.values():
             p.kill()
             p.communicate(timeout=10)
     assert len(kills) >= 5, f"backlog drained after only {len(kills)} kills: {kills}"
     assert any(k[2] for k in kills), f"no kill interrupted a batch in flight: {kills}"
-    assert pending_count(db_url) > 0, "every event was published before the last kill: nothing was interrupted"
+    assert not mode.drained(db_url, written), "every event was relayed before the last kill: nothing was interrupted"
 
     final = drain(settings)
-    skipped_rows = assert_exactly_once(rds, stream, db_url, expected)
+    skipped_rows = assert_exactly_once(rds, stream, db_url, expected, capture=mode.name)
     assert final.stats.failed == 0 and final.stats.dead == 0
     print(
         f"\n[sigkill] kills={len(kills)} progress={kills} final relay: published={final.stats.published} "
@@ -297,21 +326,30 @@ def test_sigkill_relay_repeatedly_publishes_every_event_exactly_once(db_url, red
 
 
 @pytest.mark.fault
-def test_redis_stopped_rows_stay_pending_then_published_once(db_url, stream):
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_redis_stopped_rows_stay_pending_then_published_once(mode: Mode, mode_db: ModeDb, stream):
+    db_url = mode_db.url
     with own_redis(appendonly=True) as server:
         rds = client(server.url)
-        settings = make_settings(db_url, server.url, stream, batch_size=50)
+        settings = mode.settings(db_url, server.url, stream, batch_size=50)
         with relay_thread(settings) as relay:
             first = set(write_events(db_url, 300, chunk=100))
             wait_for(lambda: xlen(rds, stream) == 300, timeout=20, what="first events on the stream")
 
             server.stop()
-            second = set(write_events(db_url, 300, chunk=100))
-            time.sleep(1.5)
+            second = set(write_events(db_url, 100, chunk=100))
+            held_from = mode.mark(db_url)  # WAL: past the first held transaction's commit
+            second |= set(write_events(db_url, 200, chunk=100))
+            errors = relay.stats.broker_errors
+            wait_for(lambda: relay.stats.broker_errors >= errors + 2, timeout=10, what="two failed publishes")
             counts = status_counts(db_url)
-            assert counts.get("pending") == 300, counts
-            assert counts.get("published") == 300, counts
-            assert "dead" not in counts and "failed" not in counts, counts
+            if mode.wal:  # the slot must not be confirmed past an event Redis does not hold
+                assert counts == {}, counts
+                assert not mode.drained(db_url, held_from), "the slot was confirmed past events Redis never got"
+            else:
+                assert counts.get("pending") == 300, counts
+                assert counts.get("published") == 300, counts
+                assert "dead" not in counts and "failed" not in counts, counts
             assert relay.stats.published == 300
 
             server.start()  # same port, same AOF directory: stream and fence come back
@@ -319,9 +357,9 @@ def test_redis_stopped_rows_stay_pending_then_published_once(db_url, stream):
             survivors = [f["event_id"] for _, f in rds.xrange(stream, count=300)]
             assert set(survivors) == first, "stream lost across a graceful Redis restart with appendonly"
             third = set(write_events(db_url, 200, chunk=100))
-            wait_for(lambda: pending_count(db_url) == 0, timeout=30, what="everything published")
+            mode.wait_drained(db_url)
             stats = relay.stats
-        assert_exactly_once(rds, stream, db_url, first | second | third)
+        assert_exactly_once(rds, stream, db_url, first | second | third, capture=mode.name)
         assert stats.published == 800 and stats.dead == 0 and stats.failed == 0, stats
         rds.close()
 
@@ -330,11 +368,13 @@ def test_redis_stopped_rows_stay_pending_then_published_once(db_url, stream):
 
 
 @pytest.mark.fault
-def test_redis_sigkilled_while_publishing_no_duplicates(db_url, stream):
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_redis_sigkilled_while_publishing_no_duplicates(mode: Mode, mode_db: ModeDb, stream):
+    db_url = mode_db.url
     with own_redis(appendonly=True) as server:
         rds = client(server.url)
-        settings = make_settings(db_url, server.url, stream, batch_size=50)
-        backlog = set(write_events(db_url, 3000))
+        settings = mode.settings(db_url, server.url, stream, batch_size=50)
+        backlog = set(write_events(db_url, 3000, chunk=50))
         writer = Writer(db_url, chunk=5, pause=0.01)
         with relay_thread(settings) as relay:
             writer.start()
@@ -349,11 +389,12 @@ def test_redis_sigkilled_while_publishing_no_duplicates(db_url, stream):
             writer.stop()
             assert writer.errors == 0
             expected = backlog | writer.committed
-            wait_for(lambda: pending_count(db_url) == 0, timeout=60, what="everything published")
+            mode.wait_drained(db_url, timeout=60)
             stats = relay.stats
-        skipped = assert_exactly_once(rds, stream, db_url, expected)
+        skipped = assert_exactly_once(rds, stream, db_url, expected, capture=mode.name, never=writer.rolled_back)
         assert stats.dead == 0 and stats.failed == 0, stats
-        print(f"\n[redis kill] kills={killed} events={len(expected)} stats={stats} fence-skipped rows={skipped}")
+        print(f"\n[redis kill {mode.name}] kills={killed} events={len(expected)} stats={stats} "
+              f"fence-skipped rows={skipped}")  # fmt: skip
         rds.close()
 
 
@@ -361,34 +402,47 @@ def test_redis_sigkilled_while_publishing_no_duplicates(db_url, stream):
 
 
 @pytest.mark.fault
-def test_postgres_connections_cut_repeatedly(db_url, pg_admin_url, settings, rds, stream):
-    dbname = urlsplit(db_url).path.lstrip("/")
-    backlog = set(write_events(db_url, 1000))
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_postgres_connections_cut_repeatedly(mode: Mode, mode_db: ModeDb, redis_url, rds, stream):
+    """Every connection of the relay is cut, again and again, while writers write; in WAL mode also the
+    walsender alone (the slot's active_pid), after which the relay must read the slot again."""
+    db_url, dbname = mode_db.url, mode_db.name
+    settings = mode.settings(db_url, redis_url, stream)
+    backlog = set(write_events(db_url, 1000, chunk=100))
     writer = Writer(db_url, chunk=10, pause=0.005)
-    cut = 0
-    with relay_thread(settings) as relay:
+    cut = walsender_cuts = 0
+    with relay_thread(settings) as relay, psycopg.connect(mode_db.admin_url, autocommit=True) as admin:
         writer.start()
-        for _ in range(6):
-            wait_for(
-                lambda: terminate_relay_backends(pg_admin_url, dbname) > 0 or None,
-                timeout=10,
-                interval=0.01,
-                what="a relay backend to terminate",
-            )
-            cut += 1
-            time.sleep(0.3)
+        for i in range(10 if mode.wal else 6):
+            before = xlen(rds, stream)
+            if i % 2 and mode.wal:
+                old = wait_for(lambda: end_reader(mode, db_url, admin), timeout=10,
+                               what="the walsender holding the slot to terminate")  # fmt: skip
+                wait_for(lambda o=old: mode.reader_pid(db_url) not in (None, o), timeout=10,
+                         what="the relay to read the slot again after its walsender was ended")  # fmt: skip
+                walsender_cuts += 1
+            else:
+                wait_for(
+                    lambda: terminate_relay_backends(mode_db.admin_url, dbname) > 0 or None,
+                    timeout=10,
+                    interval=0.01,
+                    what="a relay backend to terminate",
+                )
+                cut += 1
+            wait_for(lambda b=before: xlen(rds, stream) > b + 20, timeout=20, what="progress after the cut")
         writer.stop()
         assert writer.errors == 0
         expected = backlog | writer.committed
-        wait_for(lambda: pending_count(db_url) == 0, timeout=30, what="everything published")
+        mode.wait_drained(db_url)
         stats = relay.stats
-    skipped = assert_exactly_once(rds, stream, db_url, expected)
-    assert stats.db_errors >= cut, stats
+    skipped = assert_exactly_once(rds, stream, db_url, expected, capture=mode.name, never=writer.rolled_back)
+    assert stats.db_errors >= cut + walsender_cuts, stats
     assert stats.dead == 0 and stats.failed == 0, stats
-    print(f"\n[pg cut] cuts={cut} events={len(expected)} stats={stats} fence-skipped rows={skipped}")
+    print(f"\n[pg cut {mode.name}] cuts={cut} walsender cuts={walsender_cuts} events={len(expected)} stats={stats} "
+          f"fence-skipped rows={skipped}")  # fmt: skip
 
 
-@pytest.mark.fault
+@pytest.mark.fault  # poll only: the marker connection is the poll relay's
 def test_marker_connection_cut_repeatedly(db_url, pg_admin_url, settings, rds, stream, caplog):
     """Only the marker thread's connection is cut, again and again, while writers write: every lost
     mark is written again on the main connection (or, failing that, recovered through the fence);
@@ -435,35 +489,39 @@ def open_batches(db_url: str) -> int:
 
 @pytest.mark.fault
 @pytest.mark.parametrize("how", ["stop", "kill"])
-def test_postgres_restart_everything_exactly_once(how, redis_url, stream, rds):
-    server = PostgresServer().start()
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_postgres_restart_everything_exactly_once(mode: Mode, how, redis_url, stream, rds):
+    server = PostgresServer(settings=mode.server_settings).start()
     try:
         url = server.url("postgres")
-        migrate.upgrade(url)
-        settings = make_settings(url, redis_url, stream, batch_size=50)
+        mode.prepare(url)
+        settings = mode.settings(url, redis_url, stream, batch_size=50)
         writer = Writer(url, chunk=10, pause=0.005)
         with relay_thread(settings) as relay:
             writer.start()
             for _ in range(2):
-                wait_for(lambda: len(writer.committed) > 0 and xlen(rds, stream) > 0, timeout=20, what="traffic")
-                time.sleep(0.7)
+                wrote, sent = len(writer.committed), xlen(rds, stream)
+                wait_for(lambda w=wrote, s=sent: len(writer.committed) > w + 100 and xlen(rds, stream) > s + 100,
+                         timeout=20, what="traffic")  # fmt: skip
                 if how == "stop":
                     server.stop()
                 else:
                     server.kill()
-                time.sleep(0.7)
+                time.sleep(0.7)  # down for a while: writers fail, the relay retries
                 server.start()
             before = len(writer.committed)
             wait_for(lambda: len(writer.committed) > before + 50, timeout=20, what="writes after the restart")
             writer.stop()
-            wait_for(lambda: pending_count(url) == 0, timeout=30, what="everything published")
+            mode.wait_drained(url)
             stats = relay.stats
-        table = rows(url)
-        assert writer.committed <= set(table), "a committed event is missing from the outbox after the restart"
-        assert set(table) <= writer.committed | writer.unsure
-        skipped = assert_exactly_once(rds, stream, url, set(table))
+        # What committed: poll, the outbox rows; WAL, what the slot delivered (there is no row).
+        got = {e for _, e in stream_ids(rds, stream)} if mode.wal else set(rows(url))
+        assert writer.committed <= got, "a committed event is missing after the restart"
+        assert got <= writer.committed | writer.unsure
+        skipped = assert_exactly_once(rds, stream, url, got, capture=mode.name, never=writer.rolled_back)
         assert stats.db_errors >= 2 and stats.dead == 0 and stats.failed == 0, stats
-        print(f"\n[pg {how}] events={len(table)} writer errors={writer.errors} stats={stats} fence-skipped={skipped}")
+        print(f"\n[pg {how} {mode.name}] events={len(got)} writer errors={writer.errors} stats={stats} "
+              f"fence-skipped={skipped}")  # fmt: skip
     finally:
         server.close()
 
@@ -482,6 +540,7 @@ def insert_raw(conn: psycopg.Connection[Any], event_type: str, ref: str, payload
     return eid
 
 
+# poll only: rows written by plain SQL (WAL mode's malformed messages: tests/test_wal_capture.py)
 def test_poison_rows_are_dead_lettered_and_do_not_block(settings, rds, stream, db_url):
     ok = "2026-01-01T00:00:00.000Z"
     good = set(write_events(db_url, 20))
@@ -520,7 +579,7 @@ def test_poison_rows_are_dead_lettered_and_do_not_block(settings, rds, stream, d
     assert stats.dead == 3 and stats.failed == 0 and stats.published == 40, stats
 
 
-@pytest.mark.fault
+@pytest.mark.fault  # poll only: an open batch (outbox_batches) and a raw row
 def test_poison_row_in_an_interrupted_batch_stays_dead(db_url, stream):
     """A batch [A, P, B] with P invalid: A and B reach the stream, the relay is SIGKILLed before it
     records the outcome. The successor recovers the batch: A and B are already on the stream (fence),
@@ -600,9 +659,11 @@ def test_poison_row_in_an_interrupted_batch_stays_dead(db_url, stream):
 
 
 @pytest.mark.fault
-def test_sigterm_exits_zero_promptly_and_successor_finishes(db_url, redis_url, stream, rds):
-    settings = make_settings(db_url, redis_url, stream, batch_size=10)
-    expected = set(write_events(db_url, 4000))
+@pytest.mark.parametrize("mode", MODES, indirect=True)
+def test_sigterm_exits_zero_promptly_and_successor_finishes(mode: Mode, mode_db: ModeDb, redis_url, stream, rds):
+    db_url = mode_db.url
+    settings = mode.settings(db_url, redis_url, stream, batch_size=10)
+    expected = set(write_events(db_url, 4000, chunk=10))  # WAL mode reads whole transactions: batches of 10 too
     proc = spawn_relay(settings)
     try:
         wait_for(lambda: xlen(rds, stream) > 200, timeout=20, interval=0.005, what="relay progress")
@@ -618,15 +679,17 @@ def test_sigterm_exits_zero_promptly_and_successor_finishes(db_url, redis_url, s
     assert proc.returncode == 0, f"rc={proc.returncode}\n{log[-2000:]}"
     assert took < 5
     assert "received SIGTERM" in log, log[-2000:]
-    left = pending_count(db_url)
+    left = len(expected) - xlen(rds, stream)
     assert left > 0, "the relay finished the whole backlog before SIGTERM: it was not busy"
+    if not mode.wal:
+        assert pending_count(db_url) == left
     with psycopg.connect(db_url) as c:
-        leader = c.execute("SELECT leader FROM outbox_relay WHERE name = 'default'").fetchone()[0]
-    assert in_flight(db_url) == 0, "a graceful stop left a batch in flight (it should finish the batch in hand)"
-    assert leader is None, "a graceful stop did not release the lease"
+        stopped_in_flight = mode.in_flight(c, rds, stream)
+    assert stopped_in_flight == 0, "a graceful stop left a batch in flight (it should finish the batch in hand)"
+    assert relay_row(db_url, mode.lease)["leader"] is None, "a graceful stop did not release the lease"
 
     t1 = time.monotonic()
     final = drain(settings.model_copy(update={"batch_size": 500}))
     assert time.monotonic() - t1 < settings.lease_ttl + 10
     assert final.stats.fence_skipped == 0 and final.stats.published == left, final.stats
-    assert assert_exactly_once(rds, stream, db_url, expected) == 0
+    assert assert_exactly_once(rds, stream, db_url, expected, capture=mode.name) == 0
