@@ -172,18 +172,10 @@ class WalRelay:
         return True
 
     def _read(self, reader: walstream.WalReader) -> list[walstream.WalTransaction]:
-        """Up to about ``batch_size`` events: waits for the first item, then takes what is already there."""
+        """Whole transactions, about ``batch_size`` events: waits for the first, then takes what is already there."""
         s = self.settings
         wait = min(s.idle_poll_interval, s.lease_ttl / 3) if self._oldest is None else s.poll_interval
-        txns = reader.read(wait)
-        count = sum(len(t.messages) for t in txns)
-        while txns and count < s.batch_size and not self._stop.is_set():
-            more = reader.read(0)
-            if not more:
-                break
-            txns.extend(more)
-            count += sum(len(t.messages) for t in more)
-        return txns
+        return reader.read(wait)  # up to batch_size messages (max_items), whole transactions
 
     def _handle(self, db: psycopg.Connection[Any], reader: walstream.WalReader, txns: list[Any]) -> None:
         started = time.perf_counter()
@@ -212,10 +204,11 @@ class WalRelay:
         metrics.BATCHES.inc()
         if dead:
             self._write_dead(db, dead)
-        if out:
-            assert self._publisher is not None
+        assert self._publisher is not None
+        size = self.settings.batch_size
+        for start in range(0, len(out), size):  # one big transaction: several fence calls, one confirm at its end
             appended, skipped = publish_all(
-                self._publisher, out, failed=self._broker_failed,
+                self._publisher, out[start : start + size], failed=self._broker_failed,
                 sent=lambda result, batch: self._loss.on_publish(result, [o.seq for o in batch]),
             )  # fmt: skip
             self.stats.published += appended

@@ -182,7 +182,8 @@ class WalReader:
     confirmed LSN), besides answering the server's keepalive requests. ``server_timeout``: ``read`` raises when
     the server has sent nothing for that long although asked to answer every ``status_interval``; it must exceed
     what the server may spend decoding one big transaction without a word (on PG 15+ about half its
-    ``wal_sender_timeout``). Not thread-safe: one thread reads and confirms.
+    ``wal_sender_timeout``). ``max_items``: ``read`` returns once it holds that many messages (a transaction is
+    never split, so one big transaction can exceed it). Not thread-safe: one thread reads and confirms.
 
     The loop: ``items = read(t)``; store them; ``confirm(items[-1].end_lsn)``, or, when everything returned so
     far is stored, ``confirm(caught_up_lsn)`` (see there: without it a server's fast shutdown never completes).
@@ -295,14 +296,18 @@ class WalReader:
         pg = self.conn.pgconn
         deadline = time.monotonic() + timeout
         received = False
+        messages = 0
         try:
             while True:
                 n, data = pg.get_copy_data(1)
                 if n > 0:
                     received = True
+                    items = len(out)
                     self._handle(bytes(data), out)
-                    if len(out) >= self.max_items:
-                        break
+                    if len(out) != items:  # a transaction (or a lone message) was completed
+                        messages += len(out[-1].messages)
+                        if messages >= self.max_items:
+                            break
                     continue
                 if n < 0:
                     raise self._stream_ended()

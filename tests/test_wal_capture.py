@@ -338,3 +338,34 @@ def test_a_redis_that_lost_the_stream_is_reported_and_new_events_stay_exactly_on
         t.join(15)
     lines = [r.getMessage() for r in caplog.records if "REDIS LOST PUBLISHED EVENTS" in r.getMessage()]
     assert len(lines) == 1 and "cannot restore them" in lines[0], lines
+
+
+def test_a_big_transaction_goes_out_in_batches_of_batch_size(wal_writer: LogicalDb, redis_url: str, stream, rds):
+    from outbox import wire
+    from outbox.relay.publisher import PublishResult, RedisStreamPublisher, fence_key
+
+    s = make_settings(wal_writer.url, redis_url, stream, capture="wal", wal_slot=wal_writer.slot,
+                      wal_publication=wal_writer.publication, batch_size=50)  # fmt: skip
+    sizes: list[int] = []
+
+    class Counting(RedisStreamPublisher):
+        def publish(self, batch: Any) -> PublishResult:
+            sizes.append(len(batch))
+            return super().publish(batch)
+
+    def factory(instance: str) -> Counting:
+        return Counting.from_url(redis_url, stream, fence_key(stream, instance), wire.FIELDS)
+
+    with psycopg.connect(wal_writer.url) as conn:
+        big = [str(e) for e in outbox.record_many(conn, [
+            outbox.Event("TICKET_CREATED", {"ticketId": str(uuid.uuid4()), **TICKET}, tenant_id="t1")
+            for _ in range(300)
+        ])]  # fmt: skip
+        conn.commit()
+        small = []
+        for _ in range(30):
+            small.append(str(_ticket(conn)))
+            conn.commit()
+    stats = WalRelay(s, publisher_factory=factory).run(until_idle=True)
+    assert _ids(rds, stream) == big + small
+    assert stats.published == 330 and max(sizes) <= 50, sizes
