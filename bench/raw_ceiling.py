@@ -11,8 +11,19 @@ validation, no fence script, no leader lease, no position numbering, no second m
 It is what the relay would cost if it did nothing but move bytes; the relay's figure divided by
 this one is how much of the machine's ceiling the relay reaches.
 
-Standalone: python -m bench.raw_ceiling --database-url URL --redis-url URL --stream KEY [--batch 1000]
-(against a database that already holds a pending backlog).
+The backlog is whatever the database holds: the drain part runs this loop on a prepared backlog (VACUUM
+ANALYZE + CHECKPOINT) and on an after-outage one (committed by writer processes, never analysed), never
+preparing the latter. A ceiling must not be held down by a plan: with ``pin_plan`` (the default) each
+claim's transaction first prices out bitmap scans, seq scans, sorts and JIT (``PIN_PLAN``, the same
+settings the relay uses since commit 10cd720), so the claim reads the partial pending index in id order
+whatever the statistics say (on a never-analysed backlog the planner otherwise picks a Bitmap Heap Scan of
+every pending row plus a top-N sort per claim). ``pin_plan=False`` runs the bare statement.
+
+Standalone, against a database that already holds a pending backlog (``--fill N`` first commits N events
+from ``--writers`` processes with outbox.record, nothing prepared afterwards):
+
+    python -m bench.raw_ceiling --database-url URL --redis-url URL --stream KEY [--batch 1000]
+        [--fill N --writers 4] [--planner] [--explain]
 """
 
 from __future__ import annotations
@@ -36,8 +47,24 @@ RETURNING o.id, o.event_id::text, o.event_type, o.tenant_id, o.occurred_at, o.pa
           o.execution_id, o.event_name, o.from_state, o.to_state, o.correlation_key
 """
 
+# Transaction-local (is_local = true): gone at COMMIT, sent in the same pipeline as the claim.
+PIN_PLAN = (
+    "SELECT set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true), "
+    "set_config('enable_sort', 'off', true), set_config('jit', 'off', true)"
+)
 
-def drain_raw(dsn: str, redis_url: str, stream: str, batch: int = 1000) -> dict[str, Any]:
+
+def explain(dsn: str, batch: int = 1000, *, pin_plan: bool = True) -> str:
+    """EXPLAIN (no ANALYZE: reads no table data) of one raw claim, as ``drain_raw`` would run it."""
+    with psycopg.connect(dsn) as conn:
+        if pin_plan:
+            conn.execute(PIN_PLAN)
+        rows = conn.execute("EXPLAIN " + RAW_CLAIM, (batch,)).fetchall()
+        conn.rollback()
+    return "\n".join(str(r[0]) for r in rows)
+
+
+def drain_raw(dsn: str, redis_url: str, stream: str, batch: int = 1000, *, pin_plan: bool = True) -> dict[str, Any]:
     """Drain every pending row to ``stream``; returns events, seconds, events/s, batches."""
     client = redis.Redis.from_url(redis_url)
     conn = psycopg.connect(dsn, application_name="bench-raw-ceiling")
@@ -45,8 +72,12 @@ def drain_raw(dsn: str, redis_url: str, stream: str, batch: int = 1000) -> dict[
     t0 = time.perf_counter()
     try:
         while True:
-            rows = conn.execute(RAW_CLAIM, (batch,)).fetchall()
-            conn.commit()
+            with conn.pipeline():
+                if pin_plan:
+                    conn.execute(PIN_PLAN)
+                cur = conn.execute(RAW_CLAIM, (batch,))
+                conn.commit()
+            rows = cur.fetchall()
             if not rows:
                 break
             rows.sort(key=lambda r: r[0])  # RETURNING order is not guaranteed
@@ -75,8 +106,18 @@ def main() -> None:
     ap.add_argument("--redis-url", required=True)
     ap.add_argument("--stream", required=True)
     ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--fill", type=int, default=0, help="first commit this many events with outbox.record")
+    ap.add_argument("--writers", type=int, default=4, help="writer processes of --fill (default 4)")
+    ap.add_argument("--planner", action="store_true", help="bare statement: do not pin the claim's plan")
+    ap.add_argument("--explain", action="store_true", help="print the claim's plan (EXPLAIN) before draining")
     a = ap.parse_args()
-    print(drain_raw(a.database_url, a.redis_url, a.stream, a.batch))
+    if a.fill:
+        from bench import outage
+
+        print("fill:", outage.fill(a.database_url, a.fill, a.writers))
+    if a.explain:
+        print(explain(a.database_url, a.batch, pin_plan=not a.planner))
+    print(drain_raw(a.database_url, a.redis_url, a.stream, a.batch, pin_plan=not a.planner))
 
 
 if __name__ == "__main__":

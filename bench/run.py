@@ -71,6 +71,24 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--drain-rounds", type=int, help="drain rounds, median reported (default 3; quick 1)")
     g.add_argument("--batch-size", type=int, default=1000, help="relay and raw ceiling batch size (default 1000)")
     g.add_argument("--profile-rows", type=int, help="backlog rows for the profile (default 100000; quick 20000)")
+    g.add_argument(
+        "--drain-scenarios",
+        default="outage,live,prepared",
+        help="drain backlogs, comma-separated: outage (written by --drain-writers processes while no relay ran, "
+        "never analysed), live (the same, writers still writing at --live-rate), prepared (SQL fill + VACUUM "
+        "ANALYZE + CHECKPOINT: not production). Default all three",
+    )
+    g.add_argument("--drain-writers", type=int, default=4, help="processes writing an after-outage backlog (default 4)")
+    g.add_argument("--live-rate", type=float, default=1000.0, help="live scenario: events/s offered (default 1000)")
+    g.add_argument(
+        "--live-timeout",
+        type=float,
+        default=180.0,
+        help="live scenario: longest wait for the catch-up, s (default 180)",
+    )
+    g.add_argument(
+        "--no-explain", action="store_true", help="skip the EXPLAIN (ANALYZE, BUFFERS) of the claim (a backlog copy)"
+    )
     g = ap.add_argument_group("latency")
     g.add_argument("--modes", default="notify,poll", help="wake modes (default notify,poll)")
     g.add_argument("--rate", type=float, default=1000.0, help="steady events/s (default 1000)")
@@ -92,6 +110,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     a.sparse_seconds = a.sparse_seconds if a.sparse_seconds is not None else (5.0 if q else 20.0)
     a.warmup = a.warmup if a.warmup is not None else (1.0 if q else 2.0)
     a.modes = [m for m in a.modes.split(",") if m]
+    a.drain_scenarios = tuple(x for x in a.drain_scenarios.split(",") if x)
+    if bad := set(a.drain_scenarios) - {"outage", "live", "prepared"}:
+        ap.error(f"unknown drain scenario(s): {', '.join(sorted(bad))}")
     if "all" in a.parts:
         a.parts = list(PARTS)
     return a
@@ -120,7 +141,11 @@ def main(argv: list[str] | None = None) -> int:
                 res = record_sql.run(env, clients=a.sql_clients, seconds=a.seconds, rounds=a.rounds)
                 text = record_sql.report(res)
             elif part == "drain":
-                res = drain.run(env, rows=a.rows, rounds=a.drain_rounds, batch_size=a.batch_size)
+                res = drain.run(
+                    env, rows=a.rows, rounds=a.drain_rounds, batch_size=a.batch_size, scenarios=a.drain_scenarios,
+                    writers=a.drain_writers, live_rate=a.live_rate, live_timeout=a.live_timeout,
+                    explain=not a.no_explain,
+                )  # fmt: skip
                 text = drain.report(res)
             elif part == "latency":
                 res = latency.run(
