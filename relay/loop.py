@@ -262,9 +262,14 @@ class Relay:
 
     def _open(self, application_name: str) -> psycopg.Connection[Any]:
         """A new connection for this relay (main, claim-ahead or marker), with keepalives and session limits."""
+        # prepare_threshold=None: never server-side prepared, so every claim and mark is planned for its own
+        # parameters. psycopg prepares a statement after 5 runs, and on a never-analysed backlog Postgres then
+        # keeps the generic plan of the mark (it guesses 10 rows for the unnest and 1 pending row): a nested loop
+        # re-running the unnest per row, 232 ms per 1,000-row mark instead of 22 ms (91% of an after-outage drain).
+        # Planning each call costs well under a millisecond per 1,000-row batch.
         return psycopg.connect(
             self.dsn, connect_timeout=5, application_name=application_name, options=self._session_options(),
-            **_KEEPALIVE,
+            prepare_threshold=None, **_KEEPALIVE,
         )  # fmt: skip
 
     def _session_options(self) -> str:
