@@ -48,6 +48,10 @@ class SystemdNotify(Liveness):
         # Ping at least four times per timeout: systemd asks for every half, and the loop adds some delay.
         self.every = watchdog / 4 if watchdog else Liveness.every
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        # A datagram to a Unix socket blocks while the receiver's queue is full (net.unix.max_dgram_qlen, 10 by
+        # default): a notify socket nobody reads must cost a dropped notification, never a wedged daemon that
+        # cannot even act on SIGTERM.
+        self._sock.settimeout(0.2)
         self._ready = False
         self._status: str | None = None
         self._pinged = 0.0

@@ -244,3 +244,18 @@ def test_health_check_with_a_malformed_metrics_port_exits_2(value: str) -> None:
     assert done.stderr.splitlines() == [
         f"configuration error: OUTBOX_METRICS_PORT: not a port number from 1 to 65535: {value!r}"
     ]
+
+
+def test_a_notify_socket_nobody_reads_never_wedges_the_relay(db_url: str, redis_url: str, stream: str, rds: object):
+    """The relay pings every 0.1 s; once the unread socket's queue is full, each send gives up after a moment,
+    so SIGTERM still stops the relay promptly (it used to block in sendto for as long as nobody read)."""
+    sock = NotifySocket(f"@outbox-full-{uuid.uuid4().hex[:8]}")
+    proc = spawn("outbox.relay", relay_env(make_settings(db_url, redis_url, stream)) | sock.env())
+    try:
+        assert sock.expect("READY", "1")["STATUS"].startswith("leader")
+        time.sleep(3)  # the condition under test is time passing with nobody reading: ~30 pings for a 10-slot queue
+        code, err = stop(proc)
+        assert code == 0, err
+        assert "cannot notify systemd" in err
+    finally:
+        sock.close()
