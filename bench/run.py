@@ -3,7 +3,9 @@
 
     python bench/run.py [--quick] [--database-url URL --redis-url URL] PART [PART ...]
 
-PART: record-cost | record-sql | drain | latency | profile | all (= the five, in that order).
+PART: record-cost | record-sql | drain | latency | profile | compare | all (= the first five, in that order).
+compare (bench/compare.py: poll vs WAL capture) starts a Postgres and a Redis of its own (wal_level=logical)
+and ignores the server flags; it is run by name only, after the others.
 Servers: the flags, else OUTBOX_DATABASE_URL / OUTBOX_REDIS_URL, else embedded servers
 (outbox.embedded). Every run works in its own databases (bench_<run id>_*) and stream keys
 (bench:<run id>:*) and drops/deletes them at the end. Results: a table on stdout and
@@ -22,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import common
 
-PARTS = ("record-cost", "record-sql", "drain", "latency", "profile")
+PARTS = ("record-cost", "record-sql", "drain", "latency", "profile", "compare")
+# compare runs on servers of its own for ~25 min (python -m bench.compare): by name only, not in "all"
+ALL = PARTS[:5]
 
 
 def _ints(s: str) -> list[int]:
@@ -114,24 +118,39 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if bad := set(a.drain_scenarios) - {"outage", "live", "prepared"}:
         ap.error(f"unknown drain scenario(s): {', '.join(sorted(bad))}")
     if "all" in a.parts:
-        a.parts = list(PARTS)
+        a.parts = [*ALL, *(["compare"] if "compare" in a.parts else [])]
     return a
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse(argv)
-    from bench import drain, latency, profile_relay, record_cost, record_sql
-
     common.QUIET.update(
         threshold=a.quiet_threshold, max_wait=a.quiet_wait, max_foreign=a.max_foreign, retries=a.retries
     )
+    shared = [p for p in a.parts if p != "compare"]
+    if shared:
+        _shared_parts(a, shared, argv)
+    if "compare" in a.parts:
+        from bench import compare
+
+        opts = ["--quiet-threshold", str(a.quiet_threshold), "--max-foreign", str(a.max_foreign)]
+        opts += ["--quick"] if a.quick else []
+        opts += ["--name", f"{a.name}-compare"] if a.name else []
+        compare.main(opts)
+    return 0
+
+
+def _shared_parts(a: argparse.Namespace, parts: list[str], argv: list[str] | None) -> None:
+    """The parts that run on the given (or embedded) servers, in one environment."""
+    from bench import drain, latency, profile_relay, record_cost, record_sql
+
     with common.environment(a.database_url, a.redis_url) as env:
         info = common.machine_info(env)
         common.print_machine(info)
         defaults = common.relay_defaults()
         print("relay settings (defaults unless noted per part): " + ", ".join(f"{k}={v}" for k, v in defaults.items()))
         print(f"run id {env.run_id}: databases bench_{env.run_id}_*, keys {env.key_prefix}:*", flush=True)
-        for part in a.parts:
+        for part in parts:
             started = time.time()
             print(f"\n== {part} ==", flush=True)
             if part == "record-cost":
@@ -165,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
             name = f"{a.name}-{part}" if a.name else f"{part}{'-quick' if a.quick else ''}"
             path = common.write_results(name, res)
             print(f"\n-> {path.relative_to(common.ROOT)}", flush=True)
-    return 0
 
 
 if __name__ == "__main__":
