@@ -19,6 +19,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 from typing import Any
 
@@ -91,6 +93,15 @@ class WalRelay:
         self._oldest: datetime | None = None  # commit time of the oldest event read and not yet confirmed
         self._slot_checked = 0.0
         self._loss = LossWatch(self._report_loss)
+        # One batch is in Redis' hands while the next is read and validated: the publish (a fence-script round
+        # trip, mostly waiting) runs on one sender thread, everything else on this one. The reader, the
+        # connection and the confirm stay on this thread; a batch is confirmed only once its publish returned,
+        # and batches are sent strictly one after the other (a new one is submitted only after the previous one
+        # was settled), so positions reach the fence in order. Whenever the reader goes (error, lost lease,
+        # stop), the batch in flight is abandoned unconfirmed: it is re-read and the fence drops what it sent.
+        self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-wal-send")
+        self._inflight: tuple[Future[tuple[int, int]], int] | None = None  # (publish, LSN to confirm after it)
+        self._halt = threading.Event()  # the sender gives up retrying (stop, or the batch was abandoned)
         quiet_pipeline_noise()
 
     @property
@@ -101,6 +112,7 @@ class WalRelay:
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand and return. Thread- and signal-safe."""
         self._stop.set()
+        self._halt.set()
 
     def run(self, *, until_idle: bool = False) -> RelayStats:
         """Relay from the slot until ``stop()`` (or, with ``until_idle``, until the slot has nothing more)."""
@@ -111,7 +123,6 @@ class WalRelay:
                     if not self._step(until_idle):
                         break
                     self._db_outage.ok()
-                    self._broker_outage.ok()
                     self._slot_outage.ok()
                     self._failures = 0
                 except _Stop:
@@ -164,6 +175,7 @@ class WalRelay:
         txns = self._read(reader)
         if not txns:
             # Nothing of ours: still confirm what the server has gone past, so an idle slot pins no WAL.
+            self._settle(db, reader)
             reader.confirm(reader.caught_up_lsn)
             self._oldest = None
             metrics.WAL_OLDEST_UNCONFIRMED_SECONDS.set(0)
@@ -178,9 +190,6 @@ class WalRelay:
         return reader.read(wait)  # up to batch_size messages (max_items), whole transactions
 
     def _handle(self, db: psycopg.Connection[Any], reader: walstream.WalReader, txns: list[Any]) -> None:
-        started = time.perf_counter()
-        if txns[0].commit_time is not None and self._oldest is None:
-            self._oldest = txns[0].commit_time
         out: list[Outgoing] = []
         dead: list[tuple[walmsg.WalEvent, str]] = []
         for tx in txns:
@@ -203,23 +212,67 @@ class WalRelay:
         self.stats.batches += 1
         metrics.BATCHES.inc()
         if dead:
-            self._write_dead(db, dead)
+            self._write_dead(db, dead)  # before this batch's confirm (idempotent, so before the previous one's too)
+        self._settle(db, reader)  # the previous batch: in Redis, then confirmed
+        self._oldest = txns[0].commit_time
+        self._halt.clear()
+        if self._stop.is_set():  # stop() sets _stop, then _halt: a stop racing this clear is never lost
+            self._halt.set()
+        self._inflight = (self._sender.submit(self._send, out), reader.caught_up_lsn)
+
+    def _send(self, out: list[Outgoing]) -> tuple[int, int]:
+        """(Sender thread.) Publish one batch through the fence, in calls of batch_size events (one big
+        transaction makes several); returns (appended, fence-skipped). Touches neither Postgres nor the reader."""
         assert self._publisher is not None
+        started = time.perf_counter()
         size = self.settings.batch_size
-        for start in range(0, len(out), size):  # one big transaction: several fence calls, one confirm at its end
-            appended, skipped = publish_all(
+        appended = skipped = 0
+        for start in range(0, len(out), size):
+            a, k = publish_all(
                 self._publisher, out[start : start + size], failed=self._broker_failed,
                 sent=lambda result, batch: self._loss.on_publish(result, [o.seq for o in batch]),
             )  # fmt: skip
-            self.stats.published += appended
-            self.stats.fence_skipped += skipped
-        # Only now, with every event below it in Redis (or dead in Postgres), may the slot move on.
-        reader.confirm(reader.caught_up_lsn)
-        last = txns[-1].commit_time
-        self._oldest = last if sum(len(t.messages) for t in txns) >= self.settings.batch_size else None
-        if last is not None:
-            metrics.WAL_OLDEST_UNCONFIRMED_SECONDS.set(max(0.0, (datetime.now(UTC) - last).total_seconds()))
+            appended += a
+            skipped += k
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        return appended, skipped
+
+    def _settle(self, db: psycopg.Connection[Any] | None, reader: walstream.WalReader | None) -> None:
+        """Wait until the batch in flight is on the stream, then confirm it. Keeps the lease meanwhile (a broker
+        outage can last); raises what the publish raised (_Stop when asked to stop during an outage)."""
+        if self._inflight is None:
+            return
+        fut, lsn = self._inflight
+        try:
+            while True:
+                try:
+                    appended, skipped = fut.result(timeout=min(1.0, self.settings.lease_ttl / 3))
+                    break
+                except FutureTimeout:
+                    self.liveness.alive()
+                    if db is not None and self.lease.due():
+                        self._renew(db)  # keep the lease (and with it the slot) through a broker outage
+        finally:
+            if fut.done():
+                self._inflight = None
+        self.stats.published += appended
+        self.stats.fence_skipped += skipped
+        self._broker_outage.ok()
+        # Only now, with every event below it in Redis (or dead in Postgres), may the slot move on.
+        if reader is not None:
+            reader.confirm(lsn)
+        if self._oldest is not None:
+            metrics.WAL_OLDEST_UNCONFIRMED_SECONDS.set(max(0.0, (datetime.now(UTC) - self._oldest).total_seconds()))
+
+    def _abandon(self) -> None:
+        """The reader is going: let the batch in flight end (its sender gives up retrying), never confirm it."""
+        if self._inflight is None:
+            return
+        fut, _lsn = self._inflight
+        self._halt.set()
+        with contextlib.suppress(Exception):
+            fut.result()
+        self._inflight = None
 
     def _write_dead(self, db: psycopg.Connection[Any], dead: list[tuple[walmsg.WalEvent, str]]) -> None:
         """Dead rows in outbox_events (durably, before the slot moves past them), so replay works as in poll mode.
@@ -242,13 +295,13 @@ class WalRelay:
         )  # fmt: skip
 
     def _broker_failed(self, attempt: int, error: BrokerError, held: int) -> None:
+        """(Sender thread.) A publish failed: log the outage and back off; give up when stopped or abandoned."""
         self.stats.broker_errors += 1
         self._broker_outage.error(error, note=f"{held} event(s) held in the slot, retrying with backoff")
-        if self._stop.is_set():
+        if self._halt.is_set():
             raise _Stop()
-        self.liveness.wait(self._stop, backoff_delay(attempt, self.settings.backoff_base, self.settings.backoff_max))
-        if self._db is not None and self.lease.due():
-            self._renew(self._db)  # keep the lease (and the slot) through a broker outage
+        if self._halt.wait(backoff_delay(attempt, self.settings.backoff_base, self.settings.backoff_max)):
+            raise _Stop()
 
     # ---- lease, slot, connections ----------------------------------------------------------------------------
 
@@ -337,6 +390,7 @@ class WalRelay:
         metrics.LEADER.set(0)
 
     def _close_reader(self) -> None:
+        self._abandon()
         reader, self._reader = self._reader, None
         if reader is not None:
             with contextlib.suppress(Exception):
@@ -356,7 +410,11 @@ class WalRelay:
         )
 
     def _shutdown(self) -> None:
+        if self._inflight is not None and self._reader is not None:
+            with contextlib.suppress(Exception):  # a clean stop confirms the batch it finished sending
+                self._settle(None, self._reader)
         self._close_reader()  # before the lease goes: a successor can take the slot at once
+        self._sender.shutdown(wait=True)
         if self.lease.epoch is not None and self._db is not None and not self._db.closed:
             with contextlib.suppress(psycopg.Error):
                 self.lease.release(self._db)
