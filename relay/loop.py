@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 
-from outbox import schemas, wire
+from outbox import schemas
 from outbox.errors import BrokerError, OutboxError
 from outbox.liveness import Liveness
 from outbox.ops import missing_tables
@@ -33,10 +33,9 @@ from outbox.relay.publisher import (
     Outgoing,
     Publisher,
     PublishResult,
-    RedisStreamPublisher,
     client_from_url,
-    fence_key,
     redis_server_settings,
+    stream_publisher,
 )
 from outbox.retry import Outage, backoff_delay, postgres_config_error, quiet_pipeline_noise
 from outbox.schemas.registry import Registry
@@ -81,21 +80,7 @@ class Relay:
     ) -> None:
         self.settings = settings
         self.dsn = settings.require_database()
-        if publisher_factory is None:
-            url = settings.require_redis()
-
-            def publisher_factory(instance_id: str) -> Publisher:
-                return RedisStreamPublisher.from_url(
-                    url,
-                    settings.stream,
-                    fence_key(settings.stream, instance_id),
-                    wire.FIELDS,
-                    trim_maxlen=settings.trim_maxlen,
-                    trim_minid_age=settings.trim_minid_age,
-                    wait_replicas=settings.redis_wait_replicas,
-                )
-
-        self._publisher_factory = publisher_factory
+        self._publisher_factory = publisher_factory or stream_publisher(settings)
         self.registry = registry or schemas.registry
         self.me = identity or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stats = RelayStats()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -11,7 +11,8 @@ import redis
 
 from outbox.errors import BrokerError
 from outbox.retry import redis_auth_failure, redis_config_error, transient_redis
-from outbox.wire import text_of
+from outbox.settings import Settings
+from outbox.wire import FIELDS, text_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,3 +456,17 @@ def client_from_url(url: str) -> redis.Redis:
     return redis.Redis.from_url(
         url, socket_timeout=10, socket_connect_timeout=3, health_check_interval=30, retry_on_timeout=False
     )
+
+
+def stream_publisher(settings: Settings) -> Callable[[str], RedisStreamPublisher]:
+    """The relays' default publisher factory: instance id -> a publisher on the configured stream and its fence."""
+    url = settings.require_redis()
+
+    def make(instance_id: str) -> RedisStreamPublisher:
+        return RedisStreamPublisher.from_url(
+            url, settings.stream, fence_key(settings.stream, instance_id), FIELDS,
+            trim_maxlen=settings.trim_maxlen, trim_minid_age=settings.trim_minid_age,
+            wait_replicas=settings.redis_wait_replicas,
+        )  # fmt: skip
+
+    return make

@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from outbox import schemas, walmsg, wire
+from outbox import schemas, walmsg
 from outbox.errors import BrokerError, OutboxError, WalStreamError
 from outbox.liveness import Liveness
 from outbox.ops import missing_tables
@@ -36,7 +36,7 @@ from outbox.relay.fence import publish_all
 from outbox.relay.lease import Lease, LostLease
 from outbox.relay.loop import RelayStats
 from outbox.relay.loss import Loss, LossWatch
-from outbox.relay.publisher import Outgoing, Publisher, RedisStreamPublisher, fence_key
+from outbox.relay.publisher import Outgoing, Publisher, stream_publisher
 from outbox.retry import Outage, backoff_delay, postgres_config_error, quiet_pipeline_noise
 from outbox.schemas.registry import Registry
 from outbox.settings import Settings
@@ -65,17 +65,7 @@ class WalRelay:
     ) -> None:
         self.settings = settings
         self.dsn = settings.require_database()
-        if publisher_factory is None:
-            url = settings.require_redis()
-
-            def publisher_factory(instance_id: str) -> Publisher:
-                return RedisStreamPublisher.from_url(
-                    url, settings.stream, fence_key(settings.stream, instance_id), wire.FIELDS,
-                    trim_maxlen=settings.trim_maxlen, trim_minid_age=settings.trim_minid_age,
-                    wait_replicas=settings.redis_wait_replicas,
-                )  # fmt: skip
-
-        self._publisher_factory = publisher_factory
+        self._publisher_factory = publisher_factory or stream_publisher(settings)
         self.registry = registry or schemas.registry
         self.me = identity or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}:wal"
         self.lease = Lease("wal", self.me, settings.lease_ttl)
