@@ -147,11 +147,9 @@ def test_ensure_slot_refuses_a_slot_of_another_kind(logical_db: LogicalDb) -> No
         ws.drop_slot(conn, logical_db.slot)  # physical: not in the database, so not dropped with it
 
 
-def test_require_logical_names_the_level() -> None:
-    url = os.environ.get("OUTBOX_TEST_DATABASE_URL")
-    if not url:
-        pytest.skip("needs the shared wal_level=replica server (OUTBOX_TEST_DATABASE_URL)")
-    with psycopg.connect(url, autocommit=True) as conn:
+def test_require_logical_names_the_level(pg_admin_url: str) -> None:
+    """On the default test server (the shared one, or the session's own: both run wal_level=replica)."""
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         if ws.wal_level(conn) == "logical":
             pytest.skip("the shared server runs wal_level=logical")
         with pytest.raises(WalStreamError, match="wal_level is 'replica'") as info:
