@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -243,9 +243,9 @@ def settings(db_url: str, redis_url: str, stream: str, rds: redis.Redis) -> Sett
 
 
 @contextlib.contextmanager
-def relay_thread(settings: Settings, **kw: Any) -> Iterator[Relay]:
-    """Run a relay in a background thread for the duration of the block, then stop it."""
-    relay = Relay(settings, **kw)
+def relay_thread(settings: Settings, *, make: Callable[..., Any] = Relay, **kw: Any) -> Iterator[Any]:
+    """Run a relay (``make(settings, **kw)``) in a background thread for the duration of the block, then stop it."""
+    relay = make(settings, **kw)
     errors: list[BaseException] = []
 
     def target() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -40,6 +39,7 @@ from outbox.relay.wal import WalRelay
 from outbox.relay.walstream import parse_lsn
 from outbox.settings import Settings
 from tests.conftest import make_settings, wait_for
+from tests.conftest import relay_thread as _relay_thread
 from tests.logical import LOGICAL_SETTINGS, LogicalDb
 
 MODES = ("poll", "wal")
@@ -216,25 +216,6 @@ def relay_for(settings: Settings, **kw: Any) -> AnyRelay:
     return WalRelay(settings, **kw) if settings.capture == "wal" else Relay(settings, **kw)
 
 
-@contextlib.contextmanager
-def relay_thread(settings: Settings, **kw: Any) -> Iterator[AnyRelay]:
+def relay_thread(settings: Settings, **kw: Any) -> contextlib.AbstractContextManager[AnyRelay]:
     """Run the mode's relay in a background thread for the duration of the block, then stop it."""
-    relay = relay_for(settings, **kw)
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            relay.run()
-        except BaseException as exc:  # surfaced in the test thread
-            errors.append(exc)
-
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    try:
-        yield relay
-    finally:
-        relay.stop()
-        t.join(15)
-        assert not t.is_alive(), "relay thread did not stop"
-        if errors:
-            raise errors[0]
+    return _relay_thread(settings, make=relay_for, **kw)

@@ -31,29 +31,7 @@ from outbox.relay.marker import Mark, Marker
 from outbox.relay.memory import MemoryPublisher
 from outbox.relay.publisher import Outgoing, PublishResult
 from outbox.settings import Settings, load_settings
-
-
-def event(seq: int) -> Outgoing:
-    """An envelope-valid event at position ``seq`` (its payload names the position)."""
-    values = {
-        "event_id": str(uuid.uuid4()),
-        "execution_id": "",
-        "event_name": "status",
-        "event_type": "TICKET_STATUS_CHANGED",
-        "tenant": "t1",
-        "timestamp": "2026-01-01T00:00:00.000Z",
-        "user_id": "",
-        "from_state": "open",
-        "to_state": "closed",
-        "payload_json": json.dumps({"seq": str(seq)}),
-        "workflow_correlation_key": "",
-    }
-    return Outgoing(seq, [values[f] for f in wire.FIELDS])
-
-
-def events(*seqs: int) -> list[Outgoing]:
-    """One event per position, in the order given."""
-    return [event(s) for s in seqs]
+from tests.test_publisher_contract import events
 
 
 def positions(mem: MemoryPublisher) -> list[int]:
